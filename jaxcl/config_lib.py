@@ -1,0 +1,211 @@
+"""Base config, presets and validation shared by every `configs/*.py`.
+
+Every config file starts from `base_config()` and overrides a few fields, so the
+defaults live here and nowhere else (library code never calls `config.get(k, default)`).
+Configs are locked by `jaxcl.main`, so an unknown key or a mistyped value in
+`--config.<key>=<value>` is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def base_config() -> ConfigDict:
+  """Defaults for every run. Sections: data, model, method, optim, train, eval, checkpoint, mesh."""
+  c = ConfigDict()
+  c.name = ""  # config family, e.g. "l2p"; names the default workdir runs/<name>-<preset>
+  c.preset = "default"
+  c.seed = 0
+  c.resume = True  # resume from a checkpoint in the workdir when there is one
+
+  c.data = ConfigDict()
+  c.data.name = "glyphs"  # glyphs | fashion_mnist | cifar100 | imagenet_r | caltech_birds2011 | tfds:<name>
+  c.data.dir = ""  # data directory (tfds data_dir, or the folder with the idx files)
+  c.data.image_size = 32
+  c.data.channels = 3
+  c.data.scale = "01"  # 01 | -11 | imagenet | cifar100 (reference prompt code feeds [0,1])
+  c.data.train_aug = "flip"  # none | flip | rrc_flip | crop_flip
+  c.data.rrc_scale_min = 0.08
+  c.data.eval_resize = "resize"  # resize | resize_crop
+  c.data.init_classes = 10  # classes in the first task
+  c.data.increment = 10  # classes in every later task
+  c.data.num_classes = 0  # 0 = all classes of the dataset; else use the first N of the class order
+  c.data.class_order = "identity"  # identity | seeded (np.random.seed(order_seed) permutation) | coda
+  c.data.order_seed = 1993
+  c.data.max_train_per_class = 0  # 0 = all
+  c.data.max_test_per_class = 0
+  c.data.batch_size = 64  # global train batch
+  c.data.eval_batch_size = 256  # global eval batch
+  c.data.num_threads = 2  # grain read threads per process
+  c.data.glyph_set = "continual"  # glyphs only: continual | pretrain
+
+  c.model = ConfigDict()
+  c.model.variant = "Ti/16"  # mu | Ti | S | B | L, then /patch
+  c.model.init = ""  # pretrained weights: google .npz, timm/HF .safetensors, or "embedded"
+  c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
+
+  c.method = ConfigDict()
+  c.method.name = "finetune"
+
+  c.optim = ConfigDict()
+  c.optim.name = "adam"  # adam | adamw | sgd
+  c.optim.lr = 1e-3
+  c.optim.lr_base_batch = 0  # >0: lr is scaled by batch_size / lr_base_batch (L2P: 256)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.momentum = 0.9  # sgd
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0  # 0 = no clipping
+  c.optim.schedule = "constant"  # constant | cosine | coda_cosine (per task)
+  c.optim.warmup_steps = 0
+  c.optim.reset_per_task = True  # re-create the optimizer state at every task
+
+  c.train = ConfigDict()
+  c.train.epochs = 1.0  # per task
+  c.train.steps_per_task = 0  # >0 overrides epochs
+  c.train.log_every_steps = 50
+  c.train.nan_policy = "stop"  # stop | skip
+
+  c.eval = ConfigDict()
+  c.eval.mask_unseen = True  # restrict predictions to seen classes (PILOT); False = l2p JAX
+
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every_steps = 0  # 0 = only at task boundaries
+  c.checkpoint.keep = 2
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1  # -1 = all devices
+  return c
+
+
+def choose_preset(
+  config: ConfigDict, arg: str | None, presets: dict[str, Callable[[ConfigDict], None]]
+) -> ConfigDict:
+  """Applies the preset named by `arg` (None or "" = "default") and records it in the config."""
+  name = arg or "default"
+  if name not in presets:
+    raise ValueError(f"unknown preset {name!r} for config {config.name!r}; choose from {sorted(presets)}")
+  config.preset = name
+  presets[name](config)
+  return config
+
+
+def smoke(config: ConfigDict) -> None:
+  """Shrinks any CIL config to seconds: tiny model, 2 tasks, a handful of steps."""
+  config.data.name = "glyphs"
+  config.data.image_size = 16
+  config.data.num_classes = 4
+  config.data.init_classes = 2
+  config.data.increment = 2
+  config.data.max_train_per_class = 16
+  config.data.max_test_per_class = 8
+  config.data.batch_size = 8
+  config.data.eval_batch_size = 16
+  config.data.train_aug = "flip"
+  config.data.eval_resize = "resize"
+  config.model.variant = "mu/4"
+  config.model.init = ""
+  config.train.epochs = 1.0
+  config.train.steps_per_task = 2
+  config.train.log_every_steps = 1
+
+
+def fingerprint(config: ConfigDict) -> str:
+  """A stable hash of the resolved config (used to refuse resuming with another config)."""
+  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+  """Dotted keys whose values differ between two nested config dicts."""
+  keys = sorted(set(a) | set(b))
+  out = []
+  for k in keys:
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += diff(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Class-incremental presets shared by every CIL config (methods add their own on top).
+# ---------------------------------------------------------------------------
+
+EMBEDDED_VARIANT = "mu/4"  # the architecture of the ViT shipped in jaxcl/assets
+
+
+def glyphs(c: ConfigDict) -> None:
+  """Split Glyphs-100 (10 x 10) on the embedded pretrained ViT: the offline default."""
+  c.data.name = "glyphs"
+  c.data.glyph_set = "continual"
+  c.data.image_size = 32
+  c.data.init_classes = c.data.increment = 10
+  c.data.train_aug = "flip"
+  c.model.variant = EMBEDDED_VARIANT
+  c.model.init = "embedded"
+
+
+def fmnist(c: ConfigDict) -> None:
+  """Split Fashion-MNIST (5 x 2), real images, on the embedded pretrained ViT."""
+  glyphs(c)
+  c.data.name = "fashion_mnist"
+  c.data.init_classes = c.data.increment = 2
+
+
+def cifar100(c: ConfigDict) -> None:
+  """Split CIFAR-100 (10 x 10) at 224 on ViT-B/16; needs prepared tfds data + the .npz weights."""
+  c.data.name = "cifar100"
+  c.data.image_size = 224
+  c.data.init_classes = c.data.increment = 10
+  c.data.scale = "01"  # every reference prompt implementation feeds [0, 1]
+  c.data.train_aug = "rrc_flip"
+  c.data.rrc_scale_min = 0.05
+  c.data.eval_resize = "resize_crop"
+  c.data.eval_batch_size = 256
+  c.model.variant = "B/16"
+  c.model.init = "ViT-B_16.npz"  # gs://vit_models/imagenet21k/ViT-B_16.npz, copied locally
+  c.train.log_every_steps = 50
+
+
+def imagenet_r(c: ConfigDict) -> None:
+  """Split ImageNet-R (10 x 20): tfds imagenet_r, train = test[:80%], test = test[80%:]."""
+  cifar100(c)
+  c.data.name = "imagenet_r"
+  c.data.init_classes = c.data.increment = 20
+
+
+def compose(*fns: Callable[[ConfigDict], None]) -> Callable[[ConfigDict], None]:
+  def apply(c: ConfigDict) -> None:
+    for fn in fns:
+      fn(c)
+
+  return apply
+
+
+def cil_presets(**method_presets: Callable[[ConfigDict], None]) -> dict:
+  """The data/model presets of every CIL config, each followed by the method's own tweaks.
+
+  `method_presets[name]` runs after the shared preset `name` (e.g. the paper's
+  optimizer for `cifar100`); `default` tweaks also apply to `fmnist`.
+  """
+  shared = {"default": glyphs, "fmnist": fmnist, "smoke": smoke, "cifar100": cifar100,
+            "imagenet_r": imagenet_r}
+  noop = lambda c: None
+  out = {}
+  for name, fn in shared.items():
+    extra = method_presets.get(name) or (method_presets.get("default") if name == "fmnist" else None)
+    out[name] = compose(fn, extra or noop)
+  for name, fn in method_presets.items():
+    if name not in shared:
+      out[name] = fn
+  return out

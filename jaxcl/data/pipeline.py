@@ -1,0 +1,122 @@
+"""Grain pipelines that turn a random-access source into global, sharded jax.Array batches.
+
+Order is a pure function of (seed, task): the task's examples are shuffled globally
+(a fresh permutation every epoch), every process takes a disjoint interleaved
+shard, batches are assembled on each process and joined into one global array
+with `jax.make_array_from_process_local_data`. The iterator state is a small dict
+(`get_state`/`set_state`) stored in every checkpoint, so a resumed run sees
+exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+
+class IndexedSource:
+  """A view of `source` restricted to `indices` (a task's examples)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source = source
+    self.indices = np.asarray(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict:
+    return self.source[int(self.indices[i])]
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  return num_examples // global_batch
+
+
+class TrainIterator:
+  """Infinite-epoch iterator over one task's training examples, yielding global batches.
+
+  Args:
+    source: random-access source of {"image", "label"} examples.
+    indices: the task's example indices in `source`.
+    transform: a `grain.transforms.RandomMap` (per-example augmentation).
+    global_batch: examples per step over all processes.
+    seed: base seed; the task index is folded in by the caller.
+    sharding: the batch sharding (leading axis over `data`).
+  """
+
+  def __init__(self, source, indices, transform, *, global_batch: int, seed: int, sharding,
+               num_threads: int = 2):
+    self.sharding = sharding
+    self.global_batch = global_batch
+    pc, pi = jax.process_count(), jax.process_index()
+    ds = grain.MapDataset.source(IndexedSource(source, indices)).seed(seed).shuffle()
+    ds = ds.repeat(None)  # a new permutation every epoch
+    ds = ds[pi::pc]  # disjoint interleaved shard per process
+    ds = ds.random_map(transform).batch(global_batch // pc, drop_remainder=True)
+    opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * global_batch)
+    self._it = iter(ds.to_iter_dataset(opts))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    return to_global(next(self._it), self.sharding)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._it.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._it.set_state(state)
+
+
+def eval_batches(source, indices, transform, *, global_batch: int, sharding,
+                 num_threads: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """One pass over `indices` in order; the last batch is padded and `mask` marks real rows.
+
+  Every process yields the same number of batches, so the collective eval step
+  never waits on a process that ran out of data.
+  """
+  pc, pi = jax.process_count(), jax.process_index()
+  local_batch = global_batch // pc
+  indices = np.asarray(indices)
+  per_process = -(-len(indices) // pc)
+  num_batches = -(-per_process // local_batch)
+  ds = grain.MapDataset.source(IndexedSource(source, indices))[pi::pc].map(transform)
+  opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * local_batch)
+  it = iter(ds.to_iter_dataset(opts))
+  example = None
+  for _ in range(num_batches):
+    rows = [ex for _, ex in zip(range(local_batch), it, strict=False)]
+    if rows:
+      example = rows[0]
+      local = pad_rows(rows, local_batch)
+    else:  # this process's shard ran out before the others'
+      local = empty_like_batch(example or transform.map(source[int(indices[0])]), local_batch)
+    yield to_global(local, sharding)
+
+
+def pad_rows(rows: list[dict], size: int) -> dict[str, np.ndarray]:
+  """Stacks examples into a batch of `size` rows, zero-padding and masking the tail."""
+  n = len(rows)
+  if n == 0:
+    raise ValueError("pad_rows needs at least one example to know the shapes")
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+  out["mask"] = np.arange(size) < n
+  return out
+
+
+def empty_like_batch(example: dict, size: int) -> dict[str, np.ndarray]:
+  """A fully masked batch (for processes whose shard is exhausted)."""
+  out = pad_rows([example], size)
+  out["mask"][:] = False
+  return out
+
+
+def to_global(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """Process-local numpy batch -> global jax.Array batch sharded along its leading axis."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}

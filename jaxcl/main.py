@@ -1,0 +1,52 @@
+"""Command line: `python -m jaxcl.main --config=configs/<name>.py[:<preset>] [--workdir=DIR]`.
+
+This file is intentionally short; the work happens in `jaxcl.train.loop.run`.
+Configs are locked, so `--config.<key>=<value>` with an unknown key or a value of
+the wrong type is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file[:preset].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<name>-<preset>).")
+
+
+def default_workdir(config) -> str:
+  return os.path.join("runs", f"{config.name}-{config.preset}")
+
+
+def maybe_initialize_distributed() -> None:
+  """Joins a multi-process job when the environment says we are in one (TPU pod, SLURM, MPI)."""
+  env = os.environ
+  multi = (env.get("JAXCL_MULTIHOST") == "1" or int(env.get("SLURM_NTASKS", "1")) > 1
+           or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env
+           and "," in env["TPU_WORKER_HOSTNAMES"])
+  if multi:
+    jax.distributed.initialize()
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  maybe_initialize_distributed()
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(config)
+  logging.info("config %s:%s -> workdir %s", config.name, config.preset, workdir)
+  from jaxcl.train import loop  # noqa: PLC0415  (after flags: grain workers read absl flags)
+
+  results = loop.run(config, workdir)
+  summary = {k: results[k] for k in ("A_last", "A_avg", "forgetting", "train_compiles")
+             if k in results}
+  print(f"{config.name}:{config.preset} -> {workdir}: {summary}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

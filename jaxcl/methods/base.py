@@ -1,0 +1,102 @@
+"""The method contract: a continual-learning method is a bag of pure functions.
+
+Shaped like optax's `GradientTransformation`: a factory `make(config) -> Method`
+closes over the hyperparameters and returns functions that never mutate anything.
+The generic train step (jaxcl/train/step.py) never names a method; per-task
+changes reach a method only through traced arrays in `Ctx`, so a whole task
+sequence compiles the step once. Only task-boundary hooks run on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxcl.models import loading, vit
+
+
+class Ctx(NamedTuple):
+  """The traced view of the learner state a loss or predict function may read."""
+
+  task: jax.Array  # int32 []
+  seen: jax.Array  # bool [C]
+  current: jax.Array  # bool [C]
+  rng: jax.Array  # PRNG key for this step
+
+
+class TaskEnv(NamedTuple):
+  """What a task-boundary hook gets besides the state.
+
+  `scan_train(state, fn)` runs the jitted `fn(model, extra, batch, ctx) -> extra`
+  over one pass of the task's training data (with the *eval* transform, as
+  prototype methods do) and returns the state with the new `extra`.
+  """
+
+  index: int
+  num_tasks: int
+  classes: Any  # np.ndarray of the task's (remapped) class ids
+  scan_train: Callable
+
+
+def keep(state, env):
+  del env
+  return state
+
+
+class Method(NamedTuple):
+  build: Callable[[Any, int, nnx.Rngs], nnx.Module]  # (config, num_classes, rngs) -> model
+  trainable: Any  # nnx filter selecting the trainable variables
+  predict: Callable  # (model, extra, images, ctx) -> (logits [B, C], aux dict of [B, ...] arrays)
+  loss: Callable | None = None  # (model, extra, batch, ctx) -> (loss [], aux dict); None = no SGD
+  init_extra: Callable[[nnx.Module, int], Any] = lambda model, num_classes: {}
+  before_task: Callable = keep  # (state, env) -> state, host side
+  after_task: Callable = keep  # (state, env) -> state, host side
+  joint: bool = False  # train on all classes as one task (upper bound)
+
+
+class Learner(nnx.Module):
+  """A backbone with a linear head over all classes of the benchmark (fixed shape)."""
+
+  def __init__(self, backbone: vit.ViT, num_classes: int, *, rngs: nnx.Rngs, zero_head: bool = True):
+    self.backbone = backbone
+    width = backbone.cls.shape[-1]
+    init = nnx.initializers.zeros_init() if zero_head else nnx.initializers.lecun_normal()
+    self.head = nnx.Linear(width, num_classes, kernel_init=init, rngs=rngs)
+
+
+def build_backbone(config, rngs: nnx.Rngs) -> vit.ViT:
+  """The ViT of `config.model`, loaded from `config.model.init` when set."""
+  dtype = jnp.dtype(config.model.dtype)
+  model = vit.from_variant(config.model.variant, image_size=config.data.image_size,
+                           channels=config.data.channels, rngs=rngs, dtype=dtype)
+  if config.model.init:
+    loading.load_vit(model, resolve_init(config.model.init))
+  return model
+
+
+def resolve_init(path: str) -> str:
+  """`embedded` names the ViT shipped inside jaxcl (see jaxcl/assets/README.md)."""
+  if path == "embedded":
+    from jaxcl import assets  # noqa: PLC0415
+
+    return assets.embedded_vit_path()
+  return path
+
+
+def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """Sets logits of classes outside `mask` [C] to the most negative finite value."""
+  return jnp.where(mask[None, :], logits, jnp.finfo(logits.dtype).min)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Mean softmax cross-entropy over the rows where `mask` [B] is true."""
+  per = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  if mask is None:
+    return per.mean()
+  mask = mask.astype(per.dtype)
+  return (per * mask).sum() / jnp.maximum(mask.sum(), 1.0)

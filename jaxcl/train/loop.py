@@ -1,0 +1,208 @@
+"""The class-incremental loop: tasks -> steps -> evaluation, checkpoints, outputs.
+
+`run(config, workdir)` is what `python -m jaxcl.main` calls. It compiles the train
+step once for the whole task sequence (per-task changes are traced arrays, see
+jaxcl/train/state.py), reads the loss from the device only at log intervals,
+checkpoints at task boundaries (kept forever) and every `checkpoint.every_steps`,
+and resumes from the newest good checkpoint in the workdir.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import logging
+from flax import nnx
+
+from jaxcl import checkpoint, config_lib, metrics, methods, sharding
+from jaxcl.data import benchmark, pipeline
+from jaxcl.methods.base import TaskEnv
+from jaxcl.train import evaluate, optim, report
+from jaxcl.train import state as state_lib
+from jaxcl.train import step as step_lib
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM/preemption after saving; rerun to resume
+
+
+class Preempted(SystemExit):
+  def __init__(self):
+    super().__init__(PREEMPTED_EXIT_CODE)
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+def task_steps(config, num_examples: int) -> int:
+  if config.train.steps_per_task:
+    return config.train.steps_per_task
+  return int(config.train.epochs * num_examples) // config.data.batch_size
+
+
+def run(config, workdir: str) -> dict:
+  """Trains and evaluates a whole task sequence; returns the results.json dict."""
+  start = time.time()
+  workdir = os.path.abspath(workdir)
+  main_process = jax.process_index() == 0
+  report.prepare_workdir(workdir, config, write=main_process)
+
+  mesh = sharding.make_mesh(config.mesh.data)
+  sharding.check_batch(config.data.batch_size, mesh)
+  sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+
+  method = methods.get(config.method.name).make(config)
+  bench = benchmark.build(config.data, joint=method.joint)
+  tasks, num_classes = bench.tasks, bench.num_classes
+  steps = [task_steps(config, len(t.train_idx)) if method.loss else 0 for t in tasks]
+  base_lr = optim.learning_rate(config.optim, config.data.batch_size)
+  schedule = optim.make_schedule(config.optim, base_lr, max(steps))
+  tx = optim.make_optimizer(config.optim, schedule)
+
+  model = method.build(config, num_classes, nnx.Rngs(config.seed))
+  graphdef, state = state_lib.init_state(model, method.trainable, tx,
+                                         method.init_extra(model, num_classes), num_classes,
+                                         config.seed)
+  del model
+  state = jax.device_put(state, repl)
+  state_sh = jax.tree.map(lambda _: repl, state)
+  common = dict(scale=config.data.scale, state_sharding=state_sh, batch_sharding=batch_sh)
+  train_step = step_lib.make_train_step(method, graphdef, tx,
+                                        skip_nonfinite=config.train.nan_policy == "skip", **common)
+  eval_step = step_lib.make_eval_step(method, graphdef, mask_unseen=config.eval.mask_unseen,
+                                      **common)
+  begin_task = step_lib.make_begin_task(tx, reset_opt=config.optim.reset_per_task,
+                                        state_sharding=state_sh)
+  feature_steps = {}
+
+  def scan_train(state, fn, task):
+    if fn not in feature_steps:
+      feature_steps[fn] = step_lib.make_feature_step(fn, graphdef, **common)
+    for batch in pipeline.eval_batches(bench.train, task.train_idx, bench.eval_transform,
+                                       global_batch=config.data.eval_batch_size,
+                                       sharding=batch_sh, num_threads=config.data.num_threads):
+      state = feature_steps[fn](state, batch)
+    return state
+
+  progress = {"task": 0, "step_in_task": 0, "phase": "start", "acc": [], "task_il": [],
+              "counts": [], "prompt_usage": [], "train_seconds": 0.0, "skipped_steps": 0}
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  data_state = None
+  restored = ckpt.restore(jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)) if config.resume else None
+  if restored is not None:
+    state, data_state, progress = restored.state, restored.data_state, restored.meta["progress"]
+    logging.info("resumed from step %d (task %d, step %d in task, phase %s)", restored.step,
+                 progress["task"], progress["step_in_task"], progress["phase"])
+
+  writer = metrics.MetricWriter(workdir, enabled=main_process)
+  stop = {"signal": None}
+  old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+  def save(state, data_state, *, keep_forever: bool, wait: bool = False):
+    meta = {"progress": progress, "config_hash": config_lib.fingerprint(config),
+            "class_order": [int(c) for c in bench.class_order], "jaxcl_version": report.version()}
+    ckpt.save(int(state.step), state, data_state=data_state, meta=meta,
+              keep_forever=keep_forever, wait=wait)
+
+  first_task = progress["task"] + (1 if progress["phase"] == "done" else 0)
+  try:
+    for t in range(first_task, len(tasks)):
+      task = tasks[t]
+      env = TaskEnv(t, len(tasks), task.classes, lambda s, fn, task=task: scan_train(s, fn, task))
+      if progress["phase"] != "train" or progress["task"] != t:  # a fresh task
+        seen = np.arange(num_classes) <= int(task.classes.max())
+        current = evaluate.task_mask(task.classes, num_classes)
+        state = begin_task(state, jnp.int32(t), seen, current)
+        state = method.before_task(state, env)
+        progress.update(task=t, step_in_task=0, phase="train")
+        data_state = None
+      if steps[t]:
+        state, data_state = train_task(config, state, train_step, bench, task, steps[t],
+                                       data_state, progress, writer, schedule, batch_sh, stop, save)
+      state = method.after_task(state, env)
+      row = evaluate.evaluate_seen(eval_step, state, bench, tasks[: t + 1],
+                                   global_batch=config.data.eval_batch_size, sharding=batch_sh,
+                                   num_threads=config.data.num_threads)
+      progress["acc"].append(row["acc"])
+      progress["task_il"].append(row["task_il"])
+      progress["counts"] = row["counts"]
+      progress["prompt_usage"].append(row["prompt_usage"])
+      progress["phase"] = "done"
+      logging.info("task %d/%d: accuracy per seen task %s", t + 1, len(tasks),
+                   np.round(row["acc"], 2).tolist())
+      if main_process:
+        metrics.write_acc_matrix(workdir, report.metrics_matrix(progress["acc"], len(tasks)))
+      save(state, None, keep_forever=True)
+  finally:
+    signal.signal(signal.SIGTERM, old_handler)
+    ckpt.wait()
+    writer.close()
+
+  results = report.cil_results(config, bench, progress)
+  results.update(report.environment(), seed=config.seed,
+                 wall_seconds=round(time.time() - start, 2),
+                 train_compiles=step_lib.TRACES["train"])
+  if main_process:
+    metrics.write_json(os.path.join(workdir, "results.json"), results)
+  ckpt.close()
+  return results
+
+
+def train_task(config, state, train_step, bench, task, num_steps, data_state, progress, writer,
+               schedule, batch_sh, stop, save):
+  """Runs the steps of one task from `progress["step_in_task"]`; returns (state, data_state)."""
+  t = progress["task"]
+  it = pipeline.TrainIterator(bench.train, task.train_idx, bench.train_transform,
+                              global_batch=config.data.batch_size, seed=config.seed * 1000 + t,
+                              sharding=batch_sh, num_threads=config.data.num_threads)
+  if data_state is not None:
+    it.set_state(data_state)
+  log_every, every_ckpt = config.train.log_every_steps, config.checkpoint.every_steps
+  main_process = jax.process_index() == 0
+  bar = tqdm.tqdm(total=num_steps, initial=progress["step_in_task"], desc=f"task {t}",
+                  disable=not main_process, leave=False)
+  pending, tick, tick_step = [], time.time(), progress["step_in_task"]
+  global_step = int(state.step)
+  while progress["step_in_task"] < num_steps:
+    state, m = train_step(state, next(it))
+    pending.append((m["loss"], m["finite"]))
+    progress["step_in_task"] += 1
+    global_step += 1
+    s = progress["step_in_task"]
+    if s % log_every == 0 or s == num_steps:
+      losses, finite = _fetch(pending)
+      now = time.time()
+      eps = (s - tick_step) * config.data.batch_size / max(now - tick, 1e-9)
+      progress["train_seconds"] += now - tick
+      if not finite.all():
+        bad = global_step - len(pending) + int(np.argmin(finite)) + 1
+        if config.train.nan_policy == "stop":
+          raise NonFiniteLoss(
+            f"non-finite loss at step {bad} (task {t}): metric 'loss' = "
+            f"{losses[np.argmin(finite)]}; stopped, the last good checkpoint is intact")
+        progress["skipped_steps"] += int((~finite).sum())
+      loss = float(np.mean(losses[finite])) if finite.any() else float("nan")
+      writer.write(global_step, {"task": t, "loss": loss, "lr": float(schedule(s - 1)),
+                                 "examples_per_sec": eps})
+      bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{eps:.0f}")
+      bar.update(s - tick_step)
+      pending, tick, tick_step = [], now, s
+    if stop["signal"] is not None or (every_ckpt and global_step % every_ckpt == 0):
+      save(state, it.get_state(), keep_forever=False, wait=stop["signal"] is not None)
+      if stop["signal"] is not None:
+        logging.warning("SIGTERM: saved step %d; rerun the same command to resume", global_step)
+        raise Preempted()
+  bar.close()
+  return state, it.get_state()
+
+
+def _fetch(pending) -> tuple[np.ndarray, np.ndarray]:
+  losses, finite = zip(*jax.device_get(pending), strict=True)
+  return np.asarray(losses, np.float64), np.asarray(finite, bool)

@@ -1,0 +1,114 @@
+"""What a run writes besides metrics: the workdir's config.json and the results.json dict."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import subprocess
+
+import jax
+import numpy as np
+
+from jaxcl import config_lib, metrics
+
+_PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint", "grain", "jaxcl")
+
+
+class ConfigMismatch(ValueError):
+  pass
+
+
+def prepare_workdir(workdir: str, config, *, write: bool) -> None:
+  """Creates the workdir and writes config.json; refuses to resume under a different config.
+
+  A workdir that holds checkpoints is resumed only with the same config (the
+  `resume` key aside). With `--config.resume=false` the old checkpoints are moved
+  aside to `checkpoints.old-<time>`, never deleted.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+  new = json.loads(config.to_json())
+  if has_ckpt and config.resume and os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    old.pop("resume", None)
+    changed = config_lib.diff(old, {k: v for k, v in new.items() if k != "resume"})
+    if changed:
+      raise ConfigMismatch(
+        f"{workdir} holds a checkpoint of a run with another config; differing keys:\n  "
+        + "\n  ".join(changed)
+        + "\nUse a new --workdir, or --config.resume=false to start over (old checkpoints are "
+        "moved aside, not deleted).")
+  if write:
+    if has_ckpt and not config.resume:
+      stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+      os.replace(ckpt_dir, f"{ckpt_dir}.old-{stamp}")
+    metrics.write_json(path, new)
+
+
+def metrics_matrix(rows: list[list[float]], num_tasks: int) -> np.ndarray:
+  """Lower-triangular rows -> [T, T] with NaN above the diagonal (and for tasks not reached)."""
+  out = np.full((num_tasks, num_tasks), np.nan)
+  for i, row in enumerate(rows):
+    out[i, : len(row)] = row
+  return out
+
+
+def version() -> str:
+  from jaxcl import __version__  # noqa: PLC0415
+
+  return __version__
+
+
+def git_hash() -> str:
+  try:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, timeout=5)
+    return out.stdout.strip() or "unknown"
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def environment() -> dict:
+  versions = {}
+  for name in _PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = version() if name == "jaxcl" else "not installed"
+  versions["git"] = git_hash()
+  devices = jax.devices()
+  return {"versions": versions,
+          "devices": {"count": len(devices), "kind": devices[0].device_kind,
+                      "platform": devices[0].platform, "processes": jax.process_count()}}
+
+
+def cil_results(config, bench, progress: dict) -> dict:
+  """The class-incremental results.json of DESIGN.md §3."""
+  num_tasks = len(bench.tasks)
+  acc = metrics_matrix(progress["acc"], num_tasks)
+  til = metrics_matrix(progress["task_il"], num_tasks)
+  summary = metrics.cil_summary(acc, np.asarray(progress["counts"], float), til)
+  out = {
+    "method": config.method.name,
+    "dataset": config.data.name,
+    "num_tasks": num_tasks,
+    "class_order": [int(c) for c in bench.class_order],
+    "acc_matrix": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in acc],
+    "task_il_matrix": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in til],
+    "test_counts": progress["counts"],
+    **{k: summary[k] for k in ("A_last", "A_avg", "A_last_taskmean", "forgetting",
+                               "task_il_A_last")},
+    "A_curve": summary["A_curve"],
+    "forgetting_coda": summary["forgetting_coda"],
+    "train_seconds": round(progress["train_seconds"], 2),
+    "skipped_steps": progress["skipped_steps"],
+  }
+  if any(u is not None for u in progress["prompt_usage"]):
+    out["prompt_usage"] = progress["prompt_usage"]
+  return out

@@ -1,0 +1,113 @@
+"""The only jit site: train, eval, task-transition and feature-pass steps.
+
+Each step is a pure function of the learner state, jitted once with the state
+donated and explicit shardings. `TRACES` counts how often each was traced; for
+fixed shapes a trace is a compilation, and the loop reports `TRACES["train"]` as
+`train_compiles` (1 for a whole task sequence).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxcl.data.transforms import scale_images
+from jaxcl.methods.base import Ctx, Method, mask_logits
+from jaxcl.train.state import LearnerState
+
+TRACES: collections.Counter = collections.Counter()
+
+
+def _ctx(state: LearnerState, rng: jax.Array) -> Ctx:
+  return Ctx(state.task, state.seen, state.current, rng)
+
+
+def _scaled(batch: dict, scale: str) -> dict:
+  return {**batch, "image": scale_images(batch["image"], scale)}
+
+
+def make_train_step(method: Method, graphdef, tx: optax.GradientTransformation, *, scale: str,
+                    skip_nonfinite: bool, state_sharding, batch_sharding) -> Callable:
+  """`train_step(state, batch) -> (state, metrics)`; metrics stay on device."""
+
+  def train_step(state: LearnerState, batch: dict):
+    TRACES["train"] += 1
+    ctx = _ctx(state, jax.random.fold_in(state.rng, state.step))
+    batch = _scaled(batch, scale)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.frozen)
+      return method.loss(model, state.extra, batch, ctx)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    extra = aux.pop("extra", state.extra)
+    updates, opt = tx.update(grads, state.opt, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt=opt, extra=extra)
+    finite = jnp.isfinite(loss)
+    if skip_nonfinite:  # keep the old state, but still count the step
+      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state.replace(step=new.step))
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite, **aux}
+    return new, metrics
+
+  return jax.jit(train_step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, None))
+
+
+def make_eval_step(method: Method, graphdef, *, scale: str, mask_unseen: bool, state_sharding,
+                   batch_sharding) -> Callable:
+  """`eval_step(state, batch, task_mask [C]) -> sums` (sums, so padded rows stay exact)."""
+
+  def eval_step(state: LearnerState, batch: dict, task_mask: jax.Array):
+    TRACES["eval"] += 1
+    model = nnx.merge(graphdef, state.params, state.frozen)
+    logits, aux = method.predict(model, state.extra, _scaled(batch, scale)["image"],
+                                 _ctx(state, state.rng))
+    valid = batch["mask"]
+    cil_logits = mask_logits(logits, state.seen) if mask_unseen else logits
+    correct = (jnp.argmax(cil_logits, -1) == batch["label"]) & valid
+    task_il = (jnp.argmax(mask_logits(logits, task_mask), -1) == batch["label"]) & valid
+    out = {"correct": correct.sum(), "task_il_correct": task_il.sum(), "count": valid.sum()}
+    if "prompt_counts" in aux:  # [B, pool] selections per example
+      out["prompt_counts"] = (aux["prompt_counts"] * valid[:, None]).sum(0)
+    return out
+
+  repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding, repl),
+                 out_shardings=repl)
+
+
+def make_feature_step(fn: Callable, graphdef, *, scale: str, state_sharding,
+                      batch_sharding) -> Callable:
+  """`feature_step(state, batch) -> state` with `extra = fn(model, extra, batch, ctx)`."""
+
+  def feature_step(state: LearnerState, batch: dict):
+    TRACES["feature"] += 1
+    model = nnx.merge(graphdef, state.params, state.frozen)
+    extra = fn(model, state.extra, _scaled(batch, scale), _ctx(state, state.rng))
+    return state.replace(extra=extra)
+
+  return jax.jit(feature_step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=state_sharding)
+
+
+def make_begin_task(tx: optax.GradientTransformation, *, reset_opt: bool,
+                    state_sharding) -> Callable:
+  """`begin_task(state, task, seen, current) -> state`: new masks, optionally a fresh optimizer."""
+
+  def begin_task(state: LearnerState, task, seen, current):
+    TRACES["begin_task"] += 1
+    opt = tx.init(state.params) if reset_opt else state.opt
+    return state.replace(task=task, seen=seen, current=current, opt=opt)
+
+  return jax.jit(begin_task, donate_argnums=0, out_shardings=state_sharding)
+
+
+def make_state_fn(fn: Callable, *, state_sharding) -> Callable:
+  """Jits a host-side hook's pure `fn(state) -> state` (Gram-Schmidt re-init, prototypes...)."""
+  return jax.jit(fn, donate_argnums=0, out_shardings=state_sharding)
