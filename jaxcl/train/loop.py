@@ -23,6 +23,7 @@ from flax import nnx
 from jaxcl import checkpoint, config_lib, metrics, methods, sharding
 from jaxcl.data import benchmark, pipeline
 from jaxcl.methods.base import TaskEnv
+from jaxcl.models import loading
 from jaxcl.train import evaluate, optim, report
 from jaxcl.train import state as state_lib
 from jaxcl.train import step as step_lib
@@ -151,6 +152,11 @@ def run(config, workdir: str) -> dict:
                  train_compiles=step_lib.TRACES["train"])
   if main_process:
     metrics.write_json(os.path.join(workdir, "results.json"), results)
+    if config.export_backbone:
+      model = nnx.merge(graphdef, state.params, state.frozen)
+      loading.save_vit_npz(getattr(model, "backbone", model), config.export_backbone,
+                           dtype=np.float16)
+      logging.info("exported the backbone to %s", config.export_backbone)
   ckpt.close()
   return results
 
@@ -172,21 +178,23 @@ def train_task(config, state, train_step, bench, task, num_steps, data_state, pr
   global_step = int(state.step)
   while progress["step_in_task"] < num_steps:
     state, m = train_step(state, next(it))
-    pending.append((m["loss"], m["finite"]))
+    pending.append((m["loss"], m["update_norm"], m["finite"]))
     progress["step_in_task"] += 1
     global_step += 1
     s = progress["step_in_task"]
     if s % log_every == 0 or s == num_steps:
-      losses, finite = _fetch(pending)
+      losses, norms, finite = _fetch(pending)
       now = time.time()
       eps = (s - tick_step) * config.data.batch_size / max(now - tick, 1e-9)
       progress["train_seconds"] += now - tick
       if not finite.all():
-        bad = global_step - len(pending) + int(np.argmin(finite)) + 1
+        i = int(np.argmin(finite))
         if config.train.nan_policy == "stop":
+          name, value = ("loss", losses[i]) if not np.isfinite(losses[i]) else ("update_norm", norms[i])
           raise NonFiniteLoss(
-            f"non-finite loss at step {bad} (task {t}): metric 'loss' = "
-            f"{losses[np.argmin(finite)]}; stopped, the last good checkpoint is intact")
+            f"non-finite loss at step {global_step - len(pending) + i + 1} (task {t}): metric "
+            f"'{name}' = {value}; stopped, the last good checkpoint is intact "
+            f"(train.nan_policy='skip' skips such steps instead)")
         progress["skipped_steps"] += int((~finite).sum())
       loss = float(np.mean(losses[finite])) if finite.any() else float("nan")
       writer.write(global_step, {"task": t, "loss": loss, "lr": float(schedule(s - 1)),
@@ -203,6 +211,6 @@ def train_task(config, state, train_step, bench, task, num_steps, data_state, pr
   return state, it.get_state()
 
 
-def _fetch(pending) -> tuple[np.ndarray, np.ndarray]:
-  losses, finite = zip(*jax.device_get(pending), strict=True)
-  return np.asarray(losses, np.float64), np.asarray(finite, bool)
+def _fetch(pending) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  losses, norms, finite = zip(*jax.device_get(pending), strict=True)
+  return np.asarray(losses, np.float64), np.asarray(norms, np.float64), np.asarray(finite, bool)

@@ -49,10 +49,11 @@ def make_train_step(method: Method, graphdef, tx: optax.GradientTransformation, 
     updates, opt = tx.update(grads, state.opt, state.params)
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt=opt, extra=extra)
-    finite = jnp.isfinite(loss)
+    update_norm = optax.global_norm(updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(update_norm)
     if skip_nonfinite:  # keep the old state, but still count the step
       new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state.replace(step=new.step))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite, **aux}
+    metrics = {"loss": loss, "update_norm": update_norm, "finite": finite, **aux}
     return new, metrics
 
   return jax.jit(train_step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),

@@ -1,0 +1,61 @@
+"""Every config's `smoke` preset runs; the command line rejects bad input by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, config_names, load_config
+
+from jaxcl.train import loop
+
+CIL_PRESETS = ("default", "fmnist", "smoke", "cifar100", "imagenet_r")
+NOT_CIL = {"pretrain_vit"}  # configs without the class-incremental benchmark presets
+
+
+@pytest.mark.parametrize("name", config_names())
+def test_smoke_preset_runs(name, tmp_path):
+  config = load_config(name, "smoke")
+  results = loop.run(config, str(tmp_path))
+  assert results["A_last"] >= 0.0
+  assert (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("name", sorted(set(config_names()) - NOT_CIL))
+def test_config_has_the_standard_presets_and_they_resolve(name):
+  for preset in CIL_PRESETS:
+    config = load_config(name, preset)
+    assert config.preset == preset
+    assert config.name == name
+
+
+def _cli(*args, cwd):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  return subprocess.run([sys.executable, "-m", "jaxcl.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_runs_smoke_and_writes_default_workdir(tmp_path):
+  out = _cli(f"--config={ROOT}/configs/finetune.py:smoke", cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((tmp_path / "runs" / "finetune-smoke" / "results.json").read_text())
+  assert results["train_compiles"] == 1
+
+
+@pytest.mark.parametrize("override,needle", [
+  ("--config.data.no_such_key=1", "no_such_key"),
+  ("--config.data.batch_size=lots", "batch_size"),
+])
+def test_bad_override_is_an_error_naming_the_key(override, needle, tmp_path):
+  out = _cli(f"--config={ROOT}/configs/finetune.py:smoke", override, cwd=tmp_path)
+  assert out.returncode != 0
+  assert needle in out.stderr
+  assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_preset_is_an_error_listing_presets():
+  with pytest.raises(ValueError, match="unknown preset 'nope'.*smoke"):
+    load_config("finetune", "nope")
