@@ -11,8 +11,9 @@ from jaxcl import config_lib
 
 
 def paper(c):
-  c.optim.update(name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                 clip_norm=0.0)
+  c.optim.update(
+    name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine", clip_norm=0.0
+  )
   c.data.batch_size = 128
   c.train.epochs = 5.0
 
@@ -39,6 +40,7 @@ def get_config(arg=None):
   c.method.head_only = False
   c.method.train_mask = "none"
   c.method.zero_head = True
-  presets = config_lib.cil_presets(default=default, cifar100=paper, imagenet_r=paper,
-                                   scratch_fmnist=scratch_fmnist)
+  presets = config_lib.cil_presets(
+    default=default, cifar100=paper, imagenet_r=paper, scratch_fmnist=scratch_fmnist
+  )
   return config_lib.choose_preset(c, arg, presets)

@@ -23,8 +23,9 @@ def default(c):
   c.model.variant = config_lib.EMBEDDED_VARIANT
   c.model.init = ""
   c.method.zero_head = False
-  c.optim.update(name="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_steps=500,
-                 clip_norm=1.0)
+  c.optim.update(
+    name="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_steps=500, clip_norm=1.0
+  )
   c.train.epochs = 2.0
   c.train.log_every_steps = 100
   c.checkpoint.every_steps = 1000

@@ -27,7 +27,9 @@ def base_config() -> ConfigDict:
   c.export_backbone = ""  # after the run, write the ViT backbone here as a google-format .npz
 
   c.data = ConfigDict()
-  c.data.name = "glyphs"  # glyphs | fashion_mnist | cifar100 | imagenet_r | caltech_birds2011 | tfds:<name>
+  c.data.name = (
+    "glyphs"  # glyphs | fashion_mnist | cifar100 | imagenet_r | caltech_birds2011 | tfds:<name>
+  )
   c.data.dir = ""  # data directory (tfds data_dir, or the folder with the idx files)
   c.data.image_size = 32
   c.data.channels = 3
@@ -38,7 +40,9 @@ def base_config() -> ConfigDict:
   c.data.init_classes = 10  # classes in the first task
   c.data.increment = 10  # classes in every later task
   c.data.num_classes = 0  # 0 = all classes of the dataset; else use the first N of the class order
-  c.data.class_order = "identity"  # identity | seeded (np.random.seed(order_seed) permutation) | coda
+  c.data.class_order = (
+    "identity"  # identity | seeded (np.random.seed(order_seed) permutation) | coda
+  )
   c.data.order_seed = 1993
   c.data.max_train_per_class = 0  # 0 = all
   c.data.max_test_per_class = 0
@@ -93,7 +97,9 @@ def choose_preset(
   """Applies the preset named by `arg` (None or "" = "default") and records it in the config."""
   name = arg or "default"
   if name not in presets:
-    raise ValueError(f"unknown preset {name!r} for config {config.name!r}; choose from {sorted(presets)}")
+    raise ValueError(
+      f"unknown preset {name!r} for config {config.name!r}; choose from {sorted(presets)}"
+    )
   config.preset = name
   presets[name](config)
   return config
@@ -200,12 +206,19 @@ def cil_presets(**method_presets: Callable[[ConfigDict], None]) -> dict:
   `method_presets[name]` runs after the shared preset `name` (e.g. the paper's
   optimizer for `cifar100`); `default` tweaks also apply to `fmnist`.
   """
-  shared = {"default": glyphs, "fmnist": fmnist, "smoke": smoke, "cifar100": cifar100,
-            "imagenet_r": imagenet_r}
+  shared = {
+    "default": glyphs,
+    "fmnist": fmnist,
+    "smoke": smoke,
+    "cifar100": cifar100,
+    "imagenet_r": imagenet_r,
+  }
   noop = lambda c: None
   out = {}
   for name, fn in shared.items():
-    extra = method_presets.get(name) or (method_presets.get("default") if name == "fmnist" else None)
+    extra = method_presets.get(name) or (
+      method_presets.get("default") if name == "fmnist" else None
+    )
     out[name] = compose(fn, extra or noop)
   for name, fn in method_presets.items():
     if name not in shared:

@@ -13,8 +13,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file[:preset].",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Path to a configs/*.py file[:preset].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<name>-<preset>).")
 
 
@@ -25,9 +26,13 @@ def default_workdir(config) -> str:
 def maybe_initialize_distributed() -> None:
   """Joins a multi-process job when the environment says we are in one (TPU pod, SLURM, MPI)."""
   env = os.environ
-  multi = (env.get("JAXCL_MULTIHOST") == "1" or int(env.get("SLURM_NTASKS", "1")) > 1
-           or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env
-           and "," in env["TPU_WORKER_HOSTNAMES"])
+  multi = (
+    env.get("JAXCL_MULTIHOST") == "1"
+    or int(env.get("SLURM_NTASKS", "1")) > 1
+    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    or "TPU_WORKER_HOSTNAMES" in env
+    and "," in env["TPU_WORKER_HOSTNAMES"]
+  )
   if multi:
     jax.distributed.initialize()
 
@@ -42,8 +47,9 @@ def main(argv) -> None:
   from jaxcl.train import loop  # noqa: PLC0415  (after flags: grain workers read absl flags)
 
   results = loop.run(config, workdir)
-  summary = {k: results[k] for k in ("A_last", "A_avg", "forgetting", "train_compiles")
-             if k in results}
+  summary = {
+    k: results[k] for k in ("A_last", "A_avg", "forgetting", "train_compiles") if k in results
+  }
   print(f"{config.name}:{config.preset} -> {workdir}: {summary}")
 
 

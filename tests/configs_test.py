@@ -34,8 +34,14 @@ def test_config_has_the_standard_presets_and_they_resolve(name):
 
 def _cli(*args, cwd):
   env = {**os.environ, "PYTHONPATH": ROOT}
-  return subprocess.run([sys.executable, "-m", "jaxcl.main", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "jaxcl.main", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_command_line_runs_smoke_and_writes_default_workdir(tmp_path):
@@ -45,10 +51,13 @@ def test_command_line_runs_smoke_and_writes_default_workdir(tmp_path):
   assert results["train_compiles"] == 1
 
 
-@pytest.mark.parametrize("override,needle", [
-  ("--config.data.no_such_key=1", "no_such_key"),
-  ("--config.data.batch_size=lots", "batch_size"),
-])
+@pytest.mark.parametrize(
+  "override,needle",
+  [
+    ("--config.data.no_such_key=1", "no_such_key"),
+    ("--config.data.batch_size=lots", "batch_size"),
+  ],
+)
 def test_bad_override_is_an_error_naming_the_key(override, needle, tmp_path):
   out = _cli(f"--config={ROOT}/configs/finetune.py:smoke", override, cwd=tmp_path)
   assert out.returncode != 0

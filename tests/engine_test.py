@@ -29,9 +29,23 @@ def test_three_tasks_compile_the_train_step_once(tmp_path):
 def test_results_json_has_the_design_keys(tmp_path):
   results, _ = run(tmp_path)
   on_disk = json.loads((tmp_path / "results.json").read_text())
-  for key in ("method", "dataset", "num_tasks", "class_order", "acc_matrix", "A_last", "A_avg",
-              "A_last_taskmean", "forgetting", "task_il_A_last", "versions", "devices", "seed",
-              "wall_seconds", "train_compiles"):
+  for key in (
+    "method",
+    "dataset",
+    "num_tasks",
+    "class_order",
+    "acc_matrix",
+    "A_last",
+    "A_avg",
+    "A_last_taskmean",
+    "forgetting",
+    "task_il_A_last",
+    "versions",
+    "devices",
+    "seed",
+    "wall_seconds",
+    "train_compiles",
+  ):
     assert key in on_disk, key
   acc = on_disk["acc_matrix"]
   assert len(acc) == 2 and acc[0][1] is None and acc[1][1] is not None
@@ -63,8 +77,9 @@ def test_nan_loss_stops_with_step_and_metric_named(tmp_path):
 
 
 def test_nan_skip_policy_keeps_training(tmp_path):
-  results, _ = run(tmp_path, **{"optim.lr": float("nan"), "optim.clip_norm": 0.0,
-                                "train.nan_policy": "skip"})
+  results, _ = run(
+    tmp_path, **{"optim.lr": float("nan"), "optim.clip_norm": 0.0, "train.nan_policy": "skip"}
+  )
   assert results["skipped_steps"] > 0
 
 

@@ -11,7 +11,9 @@ CONFIG_DIR = os.path.join(ROOT, "configs")
 
 def load_config(name: str, preset: str | None = None, **overrides):
   """configs/<name>.py:<preset>, locked like jaxcl.main locks it, then dotted `overrides`."""
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(CONFIG_DIR, f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+    f"cfg_{name}", os.path.join(CONFIG_DIR, f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(preset)

@@ -11,7 +11,8 @@ from helpers import config_names, load_config
 
 from jaxcl import methods
 from jaxcl.methods import base
-from jaxcl.train import optim, state as state_lib
+from jaxcl.train import optim
+from jaxcl.train import state as state_lib
 
 NUM_CLASSES = 6
 
@@ -29,8 +30,9 @@ def _setup(name):
   method = methods.get(name).make(config)
   model = method.build(config, NUM_CLASSES, nnx.Rngs(0))
   tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 1e-3, 2))
-  graphdef, state = state_lib.init_state(model, method.trainable, tx,
-                                         method.init_extra(model, NUM_CLASSES), NUM_CLASSES, 0)
+  graphdef, state = state_lib.init_state(
+    model, method.trainable, tx, method.init_extra(model, NUM_CLASSES), NUM_CLASSES, 0
+  )
   return config, method, graphdef, state
 
 

@@ -11,5 +11,6 @@ def embedded_vit_path() -> str:
     raise FileNotFoundError(
       f"the embedded ViT {path} is missing from this jaxcl install; re-create it with "
       "`python -m jaxcl.main --config=configs/pretrain_vit.py` (it exports the backbone to "
-      "jaxcl/assets/vit_glyphs.npz), or point --config.model.init at a ViT .npz")
+      "jaxcl/assets/vit_glyphs.npz), or point --config.model.init at a ViT .npz"
+    )
   return path

@@ -60,10 +60,21 @@ def build(data, *, joint: bool = False) -> Benchmark:
   train, test = RemappedSource(train, lookup), RemappedSource(test, lookup)
   init, inc = (n, n) if joint else (data.init_classes, data.increment)
   tasks = splits.make_tasks(
-    train.labels, test.labels, num_classes=n, init_classes=init, increment=inc,
-    max_train_per_class=data.max_train_per_class, max_test_per_class=data.max_test_per_class)
-  train_tf = transforms.TrainTransform(image_size=data.image_size, channels=data.channels,
-                                       aug=data.train_aug, scale_min=data.rrc_scale_min)
-  eval_tf = transforms.EvalTransform(image_size=data.image_size, channels=data.channels,
-                                     resize_mode=data.eval_resize)
+    train.labels,
+    test.labels,
+    num_classes=n,
+    init_classes=init,
+    increment=inc,
+    max_train_per_class=data.max_train_per_class,
+    max_test_per_class=data.max_test_per_class,
+  )
+  train_tf = transforms.TrainTransform(
+    image_size=data.image_size,
+    channels=data.channels,
+    aug=data.train_aug,
+    scale_min=data.rrc_scale_min,
+  )
+  eval_tf = transforms.EvalTransform(
+    image_size=data.image_size, channels=data.channels, resize_mode=data.eval_resize
+  )
   return Benchmark(train, test, tasks, order, n, train_tf, eval_tf)

@@ -48,8 +48,17 @@ class TrainIterator:
     sharding: the batch sharding (leading axis over `data`).
   """
 
-  def __init__(self, source, indices, transform, *, global_batch: int, seed: int, sharding,
-               num_threads: int = 2):
+  def __init__(
+    self,
+    source,
+    indices,
+    transform,
+    *,
+    global_batch: int,
+    seed: int,
+    sharding,
+    num_threads: int = 2,
+  ):
     self.sharding = sharding
     self.global_batch = global_batch
     pc, pi = jax.process_count(), jax.process_index()
@@ -73,8 +82,9 @@ class TrainIterator:
     self._it.set_state(state)
 
 
-def eval_batches(source, indices, transform, *, global_batch: int, sharding,
-                 num_threads: int = 2) -> Iterator[dict[str, jax.Array]]:
+def eval_batches(
+  source, indices, transform, *, global_batch: int, sharding, num_threads: int = 2
+) -> Iterator[dict[str, jax.Array]]:
   """One pass over `indices` in order; the last batch is padded and `mask` marks real rows.
 
   Every process yields the same number of batches, so the collective eval step
@@ -105,7 +115,9 @@ def pad_rows(rows: list[dict], size: int) -> dict[str, np.ndarray]:
   if n == 0:
     raise ValueError("pad_rows needs at least one example to know the shapes")
   batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-  out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+  out = {
+    k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+  }
   out["mask"] = np.arange(size) < n
   return out
 
@@ -119,4 +131,6 @@ def empty_like_batch(example: dict, size: int) -> dict[str, np.ndarray]:
 
 def to_global(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   """Process-local numpy batch -> global jax.Array batch sharded along its leading axis."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }

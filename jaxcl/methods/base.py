@@ -62,7 +62,9 @@ class Method(NamedTuple):
 class Learner(nnx.Module):
   """A backbone with a linear head over all classes of the benchmark (fixed shape)."""
 
-  def __init__(self, backbone: vit.ViT, num_classes: int, *, rngs: nnx.Rngs, zero_head: bool = True):
+  def __init__(
+    self, backbone: vit.ViT, num_classes: int, *, rngs: nnx.Rngs, zero_head: bool = True
+  ):
     self.backbone = backbone
     width = backbone.cls.shape[-1]
     init = nnx.initializers.zeros_init() if zero_head else nnx.initializers.lecun_normal()
@@ -72,8 +74,13 @@ class Learner(nnx.Module):
 def build_backbone(config, rngs: nnx.Rngs) -> vit.ViT:
   """The ViT of `config.model`, loaded from `config.model.init` when set."""
   dtype = jnp.dtype(config.model.dtype)
-  model = vit.from_variant(config.model.variant, image_size=config.data.image_size,
-                           channels=config.data.channels, rngs=rngs, dtype=dtype)
+  model = vit.from_variant(
+    config.model.variant,
+    image_size=config.data.image_size,
+    channels=config.data.channels,
+    rngs=rngs,
+    dtype=dtype,
+  )
   if config.model.init:
     loading.load_vit(model, resolve_init(config.model.init))
   return model

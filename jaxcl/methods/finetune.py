@@ -18,8 +18,9 @@ def make(config) -> base.Method:
   cfg = config.method
 
   def build(config, num_classes: int, rngs: nnx.Rngs) -> base.Learner:
-    return base.Learner(base.build_backbone(config, rngs), num_classes, rngs=rngs,
-                        zero_head=cfg.zero_head)
+    return base.Learner(
+      base.build_backbone(config, rngs), num_classes, rngs=rngs, zero_head=cfg.zero_head
+    )
 
   def features(model, images):
     return model.backbone(images)["pre_logits"]  # [B, D]

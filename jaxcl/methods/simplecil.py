@@ -45,5 +45,11 @@ def make(config) -> base.Method:
   def after_task(state, env: base.TaskEnv):
     return env.scan_train(state, accumulate)
 
-  return base.Method(build=build, trainable=nnx.Nothing, predict=predict, loss=None,
-                     init_extra=init_extra, after_task=after_task)
+  return base.Method(
+    build=build,
+    trainable=nnx.Nothing,
+    predict=predict,
+    loss=None,
+    init_extra=init_extra,
+    after_task=after_task,
+  )

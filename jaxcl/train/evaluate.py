@@ -14,17 +14,23 @@ def task_mask(classes: np.ndarray, num_classes: int) -> np.ndarray:
   return mask
 
 
-def evaluate_seen(eval_step, state, bench, tasks, *, global_batch: int, sharding,
-                  num_threads: int) -> dict:
+def evaluate_seen(
+  eval_step, state, bench, tasks, *, global_batch: int, sharding, num_threads: int
+) -> dict:
   """Class-IL and task-IL accuracy (percent) per seen task, counts, and prompt usage."""
   acc, task_il, counts, usage = [], [], [], None
   for task in tasks:
     repl = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
     mask = jax.device_put(task_mask(task.classes, bench.num_classes), repl)
     sums = None
-    for batch in pipeline.eval_batches(bench.test, task.test_idx, bench.eval_transform,
-                                       global_batch=global_batch, sharding=sharding,
-                                       num_threads=num_threads):
+    for batch in pipeline.eval_batches(
+      bench.test,
+      task.test_idx,
+      bench.eval_transform,
+      global_batch=global_batch,
+      sharding=sharding,
+      num_threads=num_threads,
+    ):
       out = eval_step(state, batch, mask)
       sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     sums = jax.device_get(sums)
@@ -34,5 +40,9 @@ def evaluate_seen(eval_step, state, bench, tasks, *, global_batch: int, sharding
     task_il.append(100.0 * float(sums["task_il_correct"]) / max(n, 1))
     if "prompt_counts" in sums:
       usage = sums["prompt_counts"] if usage is None else usage + sums["prompt_counts"]
-  return {"acc": acc, "task_il": task_il, "counts": counts,
-          "prompt_usage": None if usage is None else [int(u) for u in usage]}
+  return {
+    "acc": acc,
+    "task_il": task_il,
+    "counts": counts,
+    "prompt_usage": None if usage is None else [int(u) for u in usage],
+  }

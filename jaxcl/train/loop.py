@@ -20,7 +20,7 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from jaxcl import checkpoint, config_lib, metrics, methods, sharding
+from jaxcl import checkpoint, config_lib, methods, metrics, sharding
 from jaxcl.data import benchmark, pipeline
 from jaxcl.methods.base import TaskEnv
 from jaxcl.models import loading
@@ -67,50 +67,82 @@ def run(config, workdir: str) -> dict:
   tx = optim.make_optimizer(config.optim, schedule)
 
   model = method.build(config, num_classes, nnx.Rngs(config.seed))
-  graphdef, state = state_lib.init_state(model, method.trainable, tx,
-                                         method.init_extra(model, num_classes), num_classes,
-                                         config.seed)
+  graphdef, state = state_lib.init_state(
+    model, method.trainable, tx, method.init_extra(model, num_classes), num_classes, config.seed
+  )
   del model
   state = jax.device_put(state, repl)
   state_sh = jax.tree.map(lambda _: repl, state)
   common = dict(scale=config.data.scale, state_sharding=state_sh, batch_sharding=batch_sh)
-  train_step = step_lib.make_train_step(method, graphdef, tx,
-                                        skip_nonfinite=config.train.nan_policy == "skip", **common)
-  eval_step = step_lib.make_eval_step(method, graphdef, mask_unseen=config.eval.mask_unseen,
-                                      **common)
-  begin_task = step_lib.make_begin_task(tx, reset_opt=config.optim.reset_per_task,
-                                        state_sharding=state_sh)
+  train_step = step_lib.make_train_step(
+    method, graphdef, tx, skip_nonfinite=config.train.nan_policy == "skip", **common
+  )
+  eval_step = step_lib.make_eval_step(
+    method, graphdef, mask_unseen=config.eval.mask_unseen, **common
+  )
+  begin_task = step_lib.make_begin_task(
+    tx, reset_opt=config.optim.reset_per_task, state_sharding=state_sh
+  )
   feature_steps = {}
 
   def scan_train(state, fn, task):
     if fn not in feature_steps:
       feature_steps[fn] = step_lib.make_feature_step(fn, graphdef, **common)
-    for batch in pipeline.eval_batches(bench.train, task.train_idx, bench.eval_transform,
-                                       global_batch=config.data.eval_batch_size,
-                                       sharding=batch_sh, num_threads=config.data.num_threads):
+    for batch in pipeline.eval_batches(
+      bench.train,
+      task.train_idx,
+      bench.eval_transform,
+      global_batch=config.data.eval_batch_size,
+      sharding=batch_sh,
+      num_threads=config.data.num_threads,
+    ):
       state = feature_steps[fn](state, batch)
     return state
 
-  progress = {"task": 0, "step_in_task": 0, "phase": "start", "acc": [], "task_il": [],
-              "counts": [], "prompt_usage": [], "train_seconds": 0.0, "skipped_steps": 0}
+  progress = {
+    "task": 0,
+    "step_in_task": 0,
+    "phase": "start",
+    "acc": [],
+    "task_il": [],
+    "counts": [],
+    "prompt_usage": [],
+    "train_seconds": 0.0,
+    "skipped_steps": 0,
+  }
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   data_state = None
-  restored = ckpt.restore(jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)) if config.resume else None
+  restored = (
+    ckpt.restore(
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+    )
+    if config.resume
+    else None
+  )
   if restored is not None:
     state, data_state, progress = restored.state, restored.data_state, restored.meta["progress"]
-    logging.info("resumed from step %d (task %d, step %d in task, phase %s)", restored.step,
-                 progress["task"], progress["step_in_task"], progress["phase"])
+    logging.info(
+      "resumed from step %d (task %d, step %d in task, phase %s)",
+      restored.step,
+      progress["task"],
+      progress["step_in_task"],
+      progress["phase"],
+    )
 
   writer = metrics.MetricWriter(workdir, enabled=main_process)
   stop = {"signal": None}
   old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
   def save(state, data_state, *, keep_forever: bool, wait: bool = False):
-    meta = {"progress": progress, "config_hash": config_lib.fingerprint(config),
-            "class_order": [int(c) for c in bench.class_order], "jaxcl_version": report.version()}
-    ckpt.save(int(state.step), state, data_state=data_state, meta=meta,
-              keep_forever=keep_forever, wait=wait)
+    meta = {
+      "progress": progress,
+      "config_hash": config_lib.fingerprint(config),
+      "class_order": [int(c) for c in bench.class_order],
+      "jaxcl_version": report.version(),
+    }
+    ckpt.save(
+      int(state.step), state, data_state=data_state, meta=meta, keep_forever=keep_forever, wait=wait
+    )
 
   first_task = progress["task"] + (1 if progress["phase"] == "done" else 0)
   try:
@@ -125,19 +157,39 @@ def run(config, workdir: str) -> dict:
         progress.update(task=t, step_in_task=0, phase="train")
         data_state = None
       if steps[t]:
-        state, data_state = train_task(config, state, train_step, bench, task, steps[t],
-                                       data_state, progress, writer, schedule, batch_sh, stop, save)
+        state, data_state = train_task(
+          config,
+          state,
+          train_step,
+          bench,
+          task,
+          steps[t],
+          data_state,
+          progress,
+          writer,
+          schedule,
+          batch_sh,
+          stop,
+          save,
+        )
       state = method.after_task(state, env)
-      row = evaluate.evaluate_seen(eval_step, state, bench, tasks[: t + 1],
-                                   global_batch=config.data.eval_batch_size, sharding=batch_sh,
-                                   num_threads=config.data.num_threads)
+      row = evaluate.evaluate_seen(
+        eval_step,
+        state,
+        bench,
+        tasks[: t + 1],
+        global_batch=config.data.eval_batch_size,
+        sharding=batch_sh,
+        num_threads=config.data.num_threads,
+      )
       progress["acc"].append(row["acc"])
       progress["task_il"].append(row["task_il"])
       progress["counts"] = row["counts"]
       progress["prompt_usage"].append(row["prompt_usage"])
       progress["phase"] = "done"
-      logging.info("task %d/%d: accuracy per seen task %s", t + 1, len(tasks),
-                   np.round(row["acc"], 2).tolist())
+      logging.info(
+        "task %d/%d: accuracy per seen task %s", t + 1, len(tasks), np.round(row["acc"], 2).tolist()
+      )
       if main_process:
         metrics.write_acc_matrix(workdir, report.metrics_matrix(progress["acc"], len(tasks)))
       save(state, None, keep_forever=True)
@@ -147,33 +199,61 @@ def run(config, workdir: str) -> dict:
     writer.close()
 
   results = report.cil_results(config, bench, progress)
-  results.update(report.environment(), seed=config.seed,
-                 wall_seconds=round(time.time() - start, 2),
-                 train_compiles=step_lib.TRACES["train"])
+  results.update(
+    report.environment(),
+    seed=config.seed,
+    wall_seconds=round(time.time() - start, 2),
+    train_compiles=step_lib.TRACES["train"],
+  )
   if main_process:
     metrics.write_json(os.path.join(workdir, "results.json"), results)
     if config.export_backbone:
       model = nnx.merge(graphdef, state.params, state.frozen)
-      loading.save_vit_npz(getattr(model, "backbone", model), config.export_backbone,
-                           dtype=np.float16)
+      loading.save_vit_npz(
+        getattr(model, "backbone", model), config.export_backbone, dtype=np.float16
+      )
       logging.info("exported the backbone to %s", config.export_backbone)
   ckpt.close()
   return results
 
 
-def train_task(config, state, train_step, bench, task, num_steps, data_state, progress, writer,
-               schedule, batch_sh, stop, save):
+def train_task(
+  config,
+  state,
+  train_step,
+  bench,
+  task,
+  num_steps,
+  data_state,
+  progress,
+  writer,
+  schedule,
+  batch_sh,
+  stop,
+  save,
+):
   """Runs the steps of one task from `progress["step_in_task"]`; returns (state, data_state)."""
   t = progress["task"]
-  it = pipeline.TrainIterator(bench.train, task.train_idx, bench.train_transform,
-                              global_batch=config.data.batch_size, seed=config.seed * 1000 + t,
-                              sharding=batch_sh, num_threads=config.data.num_threads)
+  it = pipeline.TrainIterator(
+    bench.train,
+    task.train_idx,
+    bench.train_transform,
+    global_batch=config.data.batch_size,
+    seed=config.seed * 1000 + t,
+    sharding=batch_sh,
+    num_threads=config.data.num_threads,
+  )
   if data_state is not None:
     it.set_state(data_state)
   log_every, every_ckpt = config.train.log_every_steps, config.checkpoint.every_steps
   main_process = jax.process_index() == 0
-  bar = tqdm.tqdm(total=num_steps, initial=progress["step_in_task"], desc=f"task {t}",
-                  disable=not main_process, leave=False)
+  bar = tqdm.tqdm(
+    total=num_steps,
+    initial=progress["step_in_task"],
+    desc=f"task {t}",
+    disable=not main_process,
+    leave=False,
+  )
   pending, tick, tick_step = [], time.time(), progress["step_in_task"]
   global_step = int(state.step)
   while progress["step_in_task"] < num_steps:
@@ -190,15 +270,20 @@ def train_task(config, state, train_step, bench, task, num_steps, data_state, pr
       if not finite.all():
         i = int(np.argmin(finite))
         if config.train.nan_policy == "stop":
-          name, value = ("loss", losses[i]) if not np.isfinite(losses[i]) else ("update_norm", norms[i])
+          name, value = (
+            ("loss", losses[i]) if not np.isfinite(losses[i]) else ("update_norm", norms[i])
+          )
           raise NonFiniteLoss(
             f"non-finite loss at step {global_step - len(pending) + i + 1} (task {t}): metric "
             f"'{name}' = {value}; stopped, the last good checkpoint is intact "
-            f"(train.nan_policy='skip' skips such steps instead)")
+            f"(train.nan_policy='skip' skips such steps instead)"
+          )
         progress["skipped_steps"] += int((~finite).sum())
       loss = float(np.mean(losses[finite])) if finite.any() else float("nan")
-      writer.write(global_step, {"task": t, "loss": loss, "lr": float(schedule(s - 1)),
-                                 "examples_per_sec": eps})
+      writer.write(
+        global_step,
+        {"task": t, "loss": loss, "lr": float(schedule(s - 1)), "examples_per_sec": eps},
+      )
       bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{eps:.0f}")
       bar.update(s - tick_step)
       pending, tick, tick_step = [], now, s

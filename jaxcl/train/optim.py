@@ -42,8 +42,11 @@ def make_optimizer(optim, schedule: optax.Schedule) -> optax.GradientTransformat
     if optim.weight_decay:  # L2 added to the gradient before Adam would differ; this is decoupled
       raise ValueError("optim.weight_decay with adam: use optim.name='adamw'")
   elif optim.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                             weight_decay=optim.weight_decay))
+    parts.append(
+      optax.adamw(
+        schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay
+      )
+    )
   elif optim.name == "sgd":
     if optim.weight_decay:
       parts.append(optax.add_decayed_weights(optim.weight_decay))

@@ -42,7 +42,8 @@ def prepare_workdir(workdir: str, config, *, write: bool) -> None:
         f"{workdir} holds a checkpoint of a run with another config; differing keys:\n  "
         + "\n  ".join(changed)
         + "\nUse a new --workdir, or --config.resume=false to start over (old checkpoints are "
-        "moved aside, not deleted).")
+        "moved aside, not deleted)."
+      )
   if write:
     if has_ckpt and not config.resume:
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -67,8 +68,9 @@ def version() -> str:
 def git_hash() -> str:
   try:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, timeout=5)
+    out = subprocess.run(
+      ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+    )
     return out.stdout.strip() or "unknown"
   except (OSError, subprocess.SubprocessError):
     return "unknown"
@@ -83,9 +85,15 @@ def environment() -> dict:
       versions[name] = version() if name == "jaxcl" else "not installed"
   versions["git"] = git_hash()
   devices = jax.devices()
-  return {"versions": versions,
-          "devices": {"count": len(devices), "kind": devices[0].device_kind,
-                      "platform": devices[0].platform, "processes": jax.process_count()}}
+  return {
+    "versions": versions,
+    "devices": {
+      "count": len(devices),
+      "kind": devices[0].device_kind,
+      "platform": devices[0].platform,
+      "processes": jax.process_count(),
+    },
+  }
 
 
 def cil_results(config, bench, progress: dict) -> dict:
@@ -102,8 +110,9 @@ def cil_results(config, bench, progress: dict) -> dict:
     "acc_matrix": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in acc],
     "task_il_matrix": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in til],
     "test_counts": progress["counts"],
-    **{k: summary[k] for k in ("A_last", "A_avg", "A_last_taskmean", "forgetting",
-                               "task_il_A_last")},
+    **{
+      k: summary[k] for k in ("A_last", "A_avg", "A_last_taskmean", "forgetting", "task_il_A_last")
+    },
     "A_curve": summary["A_curve"],
     "forgetting_coda": summary["forgetting_coda"],
     "train_seconds": round(progress["train_seconds"], 2),

@@ -30,8 +30,14 @@ class LearnerState:
   rng: jax.Array  # uint32 [2], raw PRNG key
 
 
-def init_state(model: nnx.Module, trainable, tx: optax.GradientTransformation, extra: Any,
-               num_classes: int, seed: int) -> tuple[nnx.GraphDef, LearnerState]:
+def init_state(
+  model: nnx.Module,
+  trainable,
+  tx: optax.GradientTransformation,
+  extra: Any,
+  num_classes: int,
+  seed: int,
+) -> tuple[nnx.GraphDef, LearnerState]:
   """Splits `model` into trainable / frozen parts and builds the initial learner state."""
   graphdef, params, frozen = nnx.split(model, trainable, ...)
   state = LearnerState(

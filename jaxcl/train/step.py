@@ -31,8 +31,16 @@ def _scaled(batch: dict, scale: str) -> dict:
   return {**batch, "image": scale_images(batch["image"], scale)}
 
 
-def make_train_step(method: Method, graphdef, tx: optax.GradientTransformation, *, scale: str,
-                    skip_nonfinite: bool, state_sharding, batch_sharding) -> Callable:
+def make_train_step(
+  method: Method,
+  graphdef,
+  tx: optax.GradientTransformation,
+  *,
+  scale: str,
+  skip_nonfinite: bool,
+  state_sharding,
+  batch_sharding,
+) -> Callable:
   """`train_step(state, batch) -> (state, metrics)`; metrics stay on device."""
 
   def train_step(state: LearnerState, batch: dict):
@@ -47,8 +55,9 @@ def make_train_step(method: Method, graphdef, tx: optax.GradientTransformation, 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     extra = aux.pop("extra", state.extra)
     updates, opt = tx.update(grads, state.opt, state.params)
-    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt=opt, extra=extra)
+    new = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates), opt=opt, extra=extra
+    )
     update_norm = optax.global_norm(updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(update_norm)
     if skip_nonfinite:  # keep the old state, but still count the step
@@ -56,19 +65,25 @@ def make_train_step(method: Method, graphdef, tx: optax.GradientTransformation, 
     metrics = {"loss": loss, "update_norm": update_norm, "finite": finite, **aux}
     return new, metrics
 
-  return jax.jit(train_step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, None))
+  return jax.jit(
+    train_step,
+    donate_argnums=0,
+    in_shardings=(state_sharding, batch_sharding),
+    out_shardings=(state_sharding, None),
+  )
 
 
-def make_eval_step(method: Method, graphdef, *, scale: str, mask_unseen: bool, state_sharding,
-                   batch_sharding) -> Callable:
+def make_eval_step(
+  method: Method, graphdef, *, scale: str, mask_unseen: bool, state_sharding, batch_sharding
+) -> Callable:
   """`eval_step(state, batch, task_mask [C]) -> sums` (sums, so padded rows stay exact)."""
 
   def eval_step(state: LearnerState, batch: dict, task_mask: jax.Array):
     TRACES["eval"] += 1
     model = nnx.merge(graphdef, state.params, state.frozen)
-    logits, aux = method.predict(model, state.extra, _scaled(batch, scale)["image"],
-                                 _ctx(state, state.rng))
+    logits, aux = method.predict(
+      model, state.extra, _scaled(batch, scale)["image"], _ctx(state, state.rng)
+    )
     valid = batch["mask"]
     cil_logits = mask_logits(logits, state.seen) if mask_unseen else logits
     correct = (jnp.argmax(cil_logits, -1) == batch["label"]) & valid
@@ -79,12 +94,12 @@ def make_eval_step(method: Method, graphdef, *, scale: str, mask_unseen: bool, s
     return out
 
   repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding, repl),
-                 out_shardings=repl)
+  return jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding, repl), out_shardings=repl)
 
 
-def make_feature_step(fn: Callable, graphdef, *, scale: str, state_sharding,
-                      batch_sharding) -> Callable:
+def make_feature_step(
+  fn: Callable, graphdef, *, scale: str, state_sharding, batch_sharding
+) -> Callable:
   """`feature_step(state, batch) -> state` with `extra = fn(model, extra, batch, ctx)`."""
 
   def feature_step(state: LearnerState, batch: dict):
@@ -93,12 +108,17 @@ def make_feature_step(fn: Callable, graphdef, *, scale: str, state_sharding,
     extra = fn(model, state.extra, _scaled(batch, scale), _ctx(state, state.rng))
     return state.replace(extra=extra)
 
-  return jax.jit(feature_step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=state_sharding)
+  return jax.jit(
+    feature_step,
+    donate_argnums=0,
+    in_shardings=(state_sharding, batch_sharding),
+    out_shardings=state_sharding,
+  )
 
 
-def make_begin_task(tx: optax.GradientTransformation, *, reset_opt: bool,
-                    state_sharding) -> Callable:
+def make_begin_task(
+  tx: optax.GradientTransformation, *, reset_opt: bool, state_sharding
+) -> Callable:
   """`begin_task(state, task, seen, current) -> state`: new masks, optionally a fresh optimizer."""
 
   def begin_task(state: LearnerState, task, seen, current):
