@@ -1,4 +1,4 @@
-"""Sequential fine-tuning and linear probing: the lower-bound baselines of class-incremental learning.
+"""Sequential fine-tuning and linear probing: lower-bound baselines of class-incremental learning.
 
 `method.head_only=False` trains the whole ViT (full fine-tuning, the usual
 "catastrophic forgetting" baseline); `head_only=True` freezes the backbone and

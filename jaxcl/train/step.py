@@ -58,7 +58,7 @@ def make_train_step(
     new = state.replace(
       step=state.step + 1, params=optax.apply_updates(state.params, updates), opt=opt, extra=extra
     )
-    update_norm = optax.global_norm(updates)
+    update_norm = optax.tree.norm(updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(update_norm)
     if skip_nonfinite:  # keep the old state, but still count the step
       new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state.replace(step=new.step))
