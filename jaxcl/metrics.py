@@ -1,139 +1,139 @@
-"""Continual-learning metrics (numpy over the accuracy matrix) and the run-output writers.
+"""Continual-learning metrics over the accuracy matrix and the loss matrix (pure numpy).
 
-Definitions differ by lineage (research/prompt_cil.md §2.3): L2P/DualPrompt/CODA report
-the mean of per-task accuracies after the last task (`A_last_taskmean`); PILOT, APER,
-EASE, RanPAC and SLCA report sample-weighted accuracy over all seen classes
-(`A_last`) and its mean over stages (`A_avg`). Forgetting is the max-based formula of
-L2P/PILOT; CODA-Prompt's one-step formula is `forgetting_coda`.
+Definitions differ by lineage (research/prompt_cil.md §2.3):
+
+* L2P / DualPrompt (Wang et al., CVPR'22 / ECCV'22) report A_N, the mean of the per-task
+  accuracies after the last task (`A_last_taskmean`), and the max-based forgetting.
+* PILOT, APER, EASE, RanPAC and SLCA report top-1 accuracy over all test samples of the seen
+  classes (sample-weighted: `A_last`) and its mean over the incremental stages (Ā, "Inc-Acc":
+  `A_avg`). On balanced test sets (CIFAR-100) the two accuracies coincide; on ImageNet-R or
+  CUB-200 they differ.
+* CODA-Prompt (Smith et al., CVPR'23) averages the one-step accuracy drop (`forgetting_coda`).
+
+The writers of the run outputs (metrics.jsonl, TensorBoard, CSV, PNG, results.json) live in
+`jaxcl.writers`; they are re-exported here for the callers that still import them from this
+module.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-
 import numpy as np
+
+from jaxcl.writers import MetricWriter, write_acc_matrix, write_json  # noqa: F401 (re-export)
+
+
+def _square(matrix, name: str) -> np.ndarray:
+  matrix = np.asarray(matrix, dtype=np.float64)
+  if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+    raise ValueError(f"{name} must be a non-empty square [T, T] matrix, got {matrix.shape}")
+  return matrix
+
+
+def stage_accuracies(acc: np.ndarray, counts: np.ndarray) -> np.ndarray:
+  """Sample-weighted accuracy over all seen tasks after each stage (PILOT's top-1 curve).
+
+  Args:
+    acc: [T, T], row i = after training task i, column j = accuracy on task j's test classes.
+    counts: [T] test samples per task.
+
+  Returns:
+    [T]: entry i = Σ_{j≤i} acc[i, j]·n_j / Σ_{j≤i} n_j. Only the lower triangle is read.
+  """
+  acc = _square(acc, "acc")
+  counts = np.asarray(counts, dtype=np.float64)
+  if counts.shape != (acc.shape[0],):
+    raise ValueError(f"counts must have shape ({acc.shape[0]},), got {counts.shape}")
+  return np.array(
+    [np.dot(acc[i, : i + 1], counts[: i + 1]) / counts[: i + 1].sum() for i in range(len(acc))]
+  )
+
+
+def max_forgetting(acc: np.ndarray) -> float:
+  """L2P / PILOT forgetting: mean over old tasks j < T-1 of max_{j≤i≤T-2} acc[i, j] − acc[T-1, j].
+
+  The best earlier accuracy is taken over every row from the one that learned task j to the one
+  before the last, not just the diagonal. 0.0 for a single task.
+  """
+  acc = _square(acc, "acc")
+  t = len(acc)
+  if t == 1:
+    return 0.0
+  drops = [np.max(acc[j : t - 1, j]) - acc[t - 1, j] for j in range(t - 1)]  # [T-1]
+  return float(np.mean(drops))
+
+
+def one_step_forgetting(acc: np.ndarray) -> float:
+  """CODA-Prompt forgetting: 1/(T−1) Σ_{t=1}^{T−1} (1/t) Σ_{i<t} (acc[t−1, i] − acc[t, i]).
+
+  The mean accuracy drop of the old tasks at each step; 0.0 for a single task.
+  """
+  acc = _square(acc, "acc")
+  t = len(acc)
+  if t == 1:
+    return 0.0
+  steps = [np.mean(acc[s - 1, :s] - acc[s, :s]) for s in range(1, t)]  # [T-1]
+  return float(np.mean(steps))
+
+
+def backward_transfer(acc: np.ndarray) -> float:
+  """Mean over old tasks j < T-1 of acc[T-1, j] − acc[j, j] (Lopez-Paz & Ranzato, 2017)."""
+  acc = _square(acc, "acc")
+  t = len(acc)
+  if t == 1:
+    return 0.0
+  return float(np.mean(acc[t - 1, : t - 1] - np.diag(acc)[: t - 1]))
 
 
 def cil_summary(acc: np.ndarray, counts: np.ndarray, task_il_acc: np.ndarray | None = None) -> dict:
-  """acc [T, T] (row i after task i, NaN above the diagonal), counts [T] test samples per task."""
-  acc, counts = np.asarray(acc, float), np.asarray(counts, float)
-  t = acc.shape[0]
-  curve = [
-    float(np.dot(acc[i, : i + 1], counts[: i + 1]) / counts[: i + 1].sum()) for i in range(t)
-  ]
-  last = acc[-1]
-  forgetting = [np.max(acc[j : t - 1, j]) - last[j] for j in range(t - 1)]
-  coda = [np.mean([acc[s - 1, i] - acc[s, i] for i in range(s)]) for s in range(1, t)]
+  """The class-incremental summary numbers of results.json (DESIGN.md §3).
+
+  Units follow the input (percent in, percent out). Entries above the diagonal (NaN for a
+  finished run) are never read; a stage that was not reached (a NaN row) gives NaN numbers.
+
+  Args:
+    acc: [T, T] class-incremental accuracy matrix, row i = after training task i, column j =
+      accuracy on task j's test classes, NaN for j > i.
+    counts: [T] test samples per task (weights of the sample-weighted accuracies).
+    task_il_acc: optional [T, T] task-incremental (task id given) accuracy matrix.
+
+  Returns:
+    A dict of Python floats: `A_last`, `A_avg`, `A_last_taskmean`, `forgetting`,
+    `forgetting_coda`, `backward_transfer`, `A_curve` (list of T floats) and, when
+    `task_il_acc` is given, `task_il_A_last`.
+  """
+  acc = _square(acc, "acc")
+  curve = stage_accuracies(acc, counts)  # [T]
   out = {
-    "A_last": curve[-1],
+    "A_last": float(curve[-1]),
     "A_avg": float(np.mean(curve)),
-    "A_last_taskmean": float(np.mean(last)),
-    "forgetting": float(np.mean(forgetting)) if forgetting else 0.0,
-    "forgetting_coda": float(np.mean(coda)) if coda else 0.0,
-    "backward_transfer": float(np.mean([last[j] - acc[j, j] for j in range(t - 1)]))
-    if t > 1
-    else 0.0,
-    "A_curve": curve,
+    "A_last_taskmean": float(np.mean(acc[-1])),
+    "forgetting": max_forgetting(acc),
+    "forgetting_coda": one_step_forgetting(acc),
+    "backward_transfer": backward_transfer(acc),
+    "A_curve": [float(a) for a in curve],
   }
   if task_il_acc is not None:
-    out["task_il_A_last"] = float(np.dot(np.asarray(task_il_acc)[-1], counts) / counts.sum())
+    task_il_acc = _square(task_il_acc, "task_il_acc")
+    if task_il_acc.shape != acc.shape:
+      raise ValueError(f"task_il_acc shape {task_il_acc.shape} != acc shape {acc.shape}")
+    out["task_il_A_last"] = float(stage_accuracies(task_il_acc, counts)[-1])
   return out
 
 
 def loss_summary(loss: np.ndarray) -> dict:
-  """loss [D, D]: row i after domain i, column j validation loss on domain j."""
-  loss = np.asarray(loss, float)
-  d = loss.shape[0]
+  """The continual-pretraining summary numbers of results.json (DESIGN.md §3).
+
+  Args:
+    loss: [D, D] validation losses, row i = after training domain i, column j = loss on domain j
+      (every column is evaluated at every row).
+
+  Returns:
+    `final_avg_loss`: mean of the last row; `forgetting`: list over old domains j < D-1 of
+    loss[D-1, j] − loss[j, j] (positive = the model got worse on domain j), empty for D = 1.
+  """
+  loss = _square(loss, "loss")
+  d = len(loss)
   return {
     "final_avg_loss": float(np.mean(loss[-1])),
-    "forgetting": [float(loss[-1, j] - loss[j, j]) for j in range(d - 1)],
+    "forgetting": [float(loss[d - 1, j] - loss[j, j]) for j in range(d - 1)],
   }
-
-
-def _plain(x):
-  """numpy scalars/arrays -> Python; NaN/inf -> None (valid JSON)."""
-  if isinstance(x, dict):
-    return {str(k): _plain(v) for k, v in x.items()}
-  if isinstance(x, list | tuple):
-    return [_plain(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _plain(x.tolist())
-  if isinstance(x, np.generic):
-    x = x.item()
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  return x
-
-
-def write_json(path: str, obj) -> None:
-  """Atomic: a temporary file replaced into place."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(_plain(obj), f, indent=1)
-  os.replace(tmp, path)
-
-
-class MetricWriter:
-  """metrics.jsonl (one object per logged step) and TensorBoard events in tb/ (no TensorFlow)."""
-
-  def __init__(self, workdir: str, *, enabled: bool = True):
-    self.enabled = enabled
-    self._tb = None
-    if enabled:
-      from tensorboardX import SummaryWriter  # noqa: PLC0415
-
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-
-  def write(self, step: int, scalars: dict) -> None:
-    if not self.enabled:
-      return
-    self._jsonl.write(json.dumps(_plain({"step": step, **scalars})) + "\n")
-    self._jsonl.flush()
-    for k, v in scalars.items():
-      if isinstance(v, int | float | np.number):
-        self._tb.add_scalar(k, float(v), step)
-
-  def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
-
-
-def write_matrix_csv(path: str, matrix: np.ndarray, row_label: str, col_prefix: str) -> None:
-  matrix = np.asarray(matrix, float)
-  lines = [",".join([row_label] + [f"{col_prefix}{j}" for j in range(matrix.shape[1])])]
-  for i, row in enumerate(matrix):
-    lines.append(",".join([str(i)] + ["" if np.isnan(v) else f"{v:.2f}" for v in row]))
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-
-
-def write_acc_matrix(
-  workdir: str, acc: np.ndarray, *, name: str = "acc_matrix", title: str = "accuracy (%)"
-) -> None:
-  """<name>.csv and a <name>.png heatmap (row = after training task i, column = task j)."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  acc = np.asarray(acc, float)
-  write_matrix_csv(os.path.join(workdir, f"{name}.csv"), acc, "after_task", "task_")
-  t = acc.shape[0]
-  fig, ax = plt.subplots(figsize=(1.2 + 0.55 * acc.shape[1], 1 + 0.5 * t))
-  im = ax.imshow(np.ma.masked_invalid(acc), cmap="viridis", vmin=0, vmax=100)
-  if acc.shape[1] <= 20:
-    for i in range(t):
-      for j in range(acc.shape[1]):
-        if not np.isnan(acc[i, j]):
-          ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w")
-  ax.set_xlabel("evaluated on task")
-  ax.set_ylabel("after training task")
-  ax.set_title(title)
-  fig.colorbar(im, ax=ax)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, f"{name}.png"), dpi=100)
-  plt.close(fig)
