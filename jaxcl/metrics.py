@@ -11,15 +11,12 @@ Definitions differ by lineage (research/prompt_cil.md §2.3):
 * CODA-Prompt (Smith et al., CVPR'23) averages the one-step accuracy drop (`forgetting_coda`).
 
 The writers of the run outputs (metrics.jsonl, TensorBoard, CSV, PNG, results.json) live in
-`jaxcl.writers`; they are re-exported here for the callers that still import them from this
-module.
+`jaxcl.writers`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from jaxcl.writers import MetricWriter, write_acc_matrix, write_json  # noqa: F401 (re-export)
 
 
 def _square(matrix, name: str) -> np.ndarray:

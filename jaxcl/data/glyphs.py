@@ -17,7 +17,7 @@ import os
 import matplotlib
 import numpy as np
 from fontTools.ttLib import TTFont
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 NUM_CONTINUAL_CLASSES = 100
 PER_CLASS = {
@@ -192,7 +192,7 @@ class GlyphSource:
     blur = rng.uniform(0.0, 1.2)
     if blur > 0.4:
       img = img.filter(ImageFilter.GaussianBlur(blur))
-    return img
+    return ImageOps.autocontrast(img)  # thin strokes stay visible: ink peaks at 255
 
 
 def load_split(

@@ -129,7 +129,7 @@ def run(config, workdir: str) -> dict:
       progress["phase"],
     )
 
-  writer = metrics.MetricWriter(workdir, enabled=main_process)
+  writer = writers.MetricWriter(workdir, enabled=main_process)
   stop = {"signal": None}
   old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
@@ -191,7 +191,7 @@ def run(config, workdir: str) -> dict:
         "task %d/%d: accuracy per seen task %s", t + 1, len(tasks), np.round(row["acc"], 2).tolist()
       )
       if main_process:
-        metrics.write_acc_matrix(workdir, report.metrics_matrix(progress["acc"], len(tasks)))
+        writers.write_acc_matrix(workdir, report.metrics_matrix(progress["acc"], len(tasks)))
       save(state, None, keep_forever=True)
   finally:
     signal.signal(signal.SIGTERM, old_handler)
@@ -206,7 +206,7 @@ def run(config, workdir: str) -> dict:
     train_compiles=step_lib.TRACES["train"],
   )
   if main_process:
-    metrics.write_json(os.path.join(workdir, "results.json"), results)
+    writers.write_json(os.path.join(workdir, "results.json"), results)
     if config.export_backbone:
       model = nnx.merge(graphdef, state.params, state.frozen)
       loading.save_vit_npz(

@@ -11,7 +11,7 @@ import subprocess
 import jax
 import numpy as np
 
-from jaxcl import config_lib, metrics
+from jaxcl import config_lib, metrics, writers
 
 _PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint", "grain", "jaxcl")
 
@@ -48,7 +48,7 @@ def prepare_workdir(workdir: str, config, *, write: bool) -> None:
     if has_ckpt and not config.resume:
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
       os.replace(ckpt_dir, f"{ckpt_dir}.old-{stamp}")
-    metrics.write_json(path, new)
+    writers.write_json(path, new)
 
 
 def metrics_matrix(rows: list[list[float]], num_tasks: int) -> np.ndarray:
