@@ -1,30 +1,62 @@
 """Random-access image sources: in-memory arrays, Fashion-MNIST idx files, tfds ArrayRecord.
 
-Every source has `__len__`, `__getitem__(i) -> {"image": uint8 [H, W, C], "label"}` and
-a `labels` vector (read without decoding images) from which splits are built.
-Named datasets come through `tfds.data_source`, so TensorFlow is needed only to
-*prepare* them, never to train.
+Every source has `__len__`, `__getitem__(i) -> {"image": uint8 [H, W, C], "label": int32}`
+and a `labels` vector (np.int32 [N]) from which task splits are built without
+reading images. Named datasets come through `tfds.data_source` (ArrayRecord), so
+TensorFlow is needed only to *prepare* them, never to train (DESIGN.md §5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import io
 import os
 
 import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-_TFDS = {"cifar100": 100, "imagenet_r": 200, "caltech_birds2011": 200}
-# imagenet_r has only a `test` split in tfds; google-research/l2p trains on its first 80%.
-_SPLITS = {"imagenet_r": {"train": "test[:80%]", "test": "test[80%:]"}}
+_FASHION_MNIST_FILES = {
+  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_UINT8 = 0x08  # the IDX type byte for unsigned 8-bit data
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A named dataset: how many classes and which tfds split serves our `train`/`test`."""
+
+  num_classes: int
+  tfds_name: str = ""  # empty: not read through tfds
+  splits: tuple[tuple[str, str], ...] = (("train", "train"), ("test", "test"))
+
+
+DATASETS = {
+  "fashion_mnist": DatasetSpec(10),
+  "cifar100": DatasetSpec(100, "cifar100"),
+  # tfds imagenet_r has only a `test` split (30k images); google-research/l2p trains on
+  # its first 80% and tests on the rest (research/prompt_cil.md §2.1).
+  "imagenet_r": DatasetSpec(
+    200, "imagenet_r", (("train", "test[:80%]"), ("test", "test[80%:]"))
+  ),
+  "caltech_birds2011": DatasetSpec(200, "caltech_birds2011"),
+}
 
 
 class ArraySource:
+  """Examples held in memory: `images` uint8 [N, H, W, C] and integer `labels` [N]."""
+
   def __init__(self, images: np.ndarray, labels: np.ndarray):
+    images = np.asarray(images)
+    if images.ndim == 3:  # [N, H, W] grayscale
+      images = images[..., None]
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
     if len(images) != len(labels):
       raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    self.images = images if images.ndim == 4 else images[..., None]
-    self.labels = np.asarray(labels, np.int32)
+    self.images = images  # [N, H, W, C]
+    self.labels = np.asarray(labels, np.int32)  # [N]
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -34,78 +66,195 @@ class ArraySource:
 
 
 def read_idx(path: str) -> np.ndarray:
-  """An IDX file (optionally gzipped) as a uint8 array."""
+  """A uint8 IDX file (gzipped when the name ends in `.gz`) as an array of its shape."""
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rb") as f:
     data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UINT8:
+    raise ValueError(f"{path} is not a uint8 IDX file (header {data[:4].hex()})")
   ndim = data[3]
   shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _fashion_mnist_missing(path: str, data_dir: str) -> FileNotFoundError:
+  return FileNotFoundError(
+    f"Fashion-MNIST file {path}[.gz] not found in {data_dir}. Get the files with "
+    "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs them in "
+    f"{FASHION_MNIST_DIR}), or download the four idx files (train-images-idx3-ubyte.gz, "
+    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) "
+    "from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into a "
+    "directory DIR and pass --config.data.dir=DIR."
+  )
+
+
 def load_fashion_mnist(data_dir: str = "") -> tuple[ArraySource, ArraySource]:
+  """Fashion-MNIST (Xiao et al., 2017) from its idx files: 60k train, 10k test, [28, 28, 1].
+
+  Reads `data_dir` or, when empty, the Debian package's directory; `.gz` or plain idx.
+  """
   data_dir = data_dir or FASHION_MNIST_DIR
   out = []
-  for prefix in ("train", "t10k"):
+  for split in ("train", "test"):
     arrays = []
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-      base = os.path.join(data_dir, f"{prefix}-{kind}")
-      path = next((p for p in (base + ".gz", base) if os.path.exists(p)), None)
+    for name in _FASHION_MNIST_FILES[split]:
+      base = os.path.join(data_dir, name)
+      path = next((p for p in (base + ".gz", base) if os.path.isfile(p)), None)
       if path is None:
-        raise FileNotFoundError(
-          f"Fashion-MNIST file {base}[.gz] not found. Install it with "
-          "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu, files land in "
-          f"{FASHION_MNIST_DIR}), or download the four idx files from "
-          "github.com/zalandoresearch/fashion-mnist and pass --config.data.dir=DIR."
-        )
+        raise _fashion_mnist_missing(name, data_dir)
       arrays.append(read_idx(path))
-    out.append(ArraySource(arrays[0][..., None], arrays[1]))
+    images, labels = arrays  # [N, 28, 28], [N]
+    out.append(ArraySource(images[..., None], labels))
   return out[0], out[1]
 
 
-class TfdsSource:
-  """A prepared tfds dataset (ArrayRecord) read through `tfds.data_source`."""
+def tfds_data_dir(data_dir: str = "") -> str:
+  """`data_dir`, else `$TFDS_DATA_DIR`, else tfds's default `~/tensorflow_datasets`."""
+  return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
-  def __init__(self, name: str, split: str, data_dir: str = ""):
+
+def _prepare_hint(name: str, data_dir: str) -> str:
+  return (
+    f"On a machine with TensorFlow and internet run `tfds build {name} --data_dir=DIR "
+    f"--file_format=array_record` (manual-download datasets need their files in "
+    f"DIR/downloads/manual first), then copy DIR/{name} into {data_dir} and pass "
+    "--config.data.dir (or set TFDS_DATA_DIR). Training reads ArrayRecord files only."
+  )
+
+
+class TfdsSource:
+  """A tfds dataset prepared as ArrayRecord, read through `tfds.data_source` without TensorFlow.
+
+  Args:
+    name: tfds name, optionally `name/config:version`.
+    split: a tfds split string (`train`, `test[:80%]`, ...).
+    data_dir: where it was prepared; empty means `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
+    image_key / label_key: the feature names of the image and the class label.
+
+  Image features other than `image_key` (e.g. segmentation masks) are left undecoded,
+  and the label vector is read once with no image decoded at all.
+  """
+
+  def __init__(
+    self,
+    name: str,
+    split: str,
+    data_dir: str = "",
+    *,
+    image_key: str = "image",
+    label_key: str = "label",
+  ):
+    self.name, self.split, self.data_dir = name, split, tfds_data_dir(data_dir)
+    self.image_key, self.label_key = image_key, label_key
+    folder = os.path.join(self.data_dir, name.split(":")[0])
+    if not os.path.isdir(folder):  # checked first, so tfds never reaches for the network
+      raise FileNotFoundError(
+        f"tfds dataset {name!r} is not prepared: {folder} does not exist. "
+        + _prepare_hint(name, self.data_dir)
+      )
+    self._source = self._open(decode_image=True)
+    features = self._source.dataset_info.features
+    for key in (image_key, label_key):
+      if key not in features:
+        raise KeyError(f"tfds dataset {name!r} has no feature {key!r}: {list(features)}")
+    self.labels = self._read_labels()  # [N]
+
+  def _open(self, *, decode_image: bool):
     import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import, only when used)
 
-    data_dir = data_dir or os.environ.get(
-      "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")
-    )
-    if not os.path.isdir(os.path.join(data_dir, name)):
+    builder = self._builder(tfds)
+    skip = {
+      key: tfds.decode.SkipDecoding()
+      for key, feature in builder.info.features.items()
+      if isinstance(feature, tfds.features.Image) and (key != self.image_key or not decode_image)
+    }
+    return builder.as_data_source(split=self.split, decoders=skip or None)
+
+  def _builder(self, tfds):
+    try:
+      return tfds.builder(self.name, data_dir=self.data_dir)
+    except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
       raise FileNotFoundError(
-        f"tfds dataset {name!r} is not prepared in {data_dir}. On a machine with TensorFlow "
-        f"and internet run `tfds build {name} --data_dir=DIR --file_format=array_record`, copy "
-        f"DIR/{name} here and pass --config.data.dir=DIR (or set TFDS_DATA_DIR)."
-      )
-    self.source = tfds.data_source(name, split=split, data_dir=data_dir)
-    self.labels = np.asarray(
-      [int(self.source[i]["label"]) for i in range(len(self.source))], np.int32
-    )
+        f"tfds dataset {self.name!r} is not prepared in {self.data_dir} ({e}). "
+        + _prepare_hint(self.name, self.data_dir)
+      ) from e
+
+  def _read_labels(self, chunk: int = 1024) -> np.ndarray:
+    try:
+      source = self._open(decode_image=False)
+      labels = [
+        int(ex[self.label_key])
+        for start in range(0, len(source), chunk)
+        for ex in source.__getitems__(list(range(start, min(start + chunk, len(source)))))
+      ]
+    except NotImplementedError as e:  # prepared, but as TFRecord
+      raise FileNotFoundError(
+        f"tfds dataset {self.name!r} in {self.data_dir} is not in ArrayRecord format ({e}). "
+        + _prepare_hint(self.name, self.data_dir)
+      ) from e
+    return np.asarray(labels, np.int32)
 
   def __len__(self) -> int:
-    return len(self.source)
+    return len(self.labels)
 
   def __getitem__(self, i: int) -> dict:
-    ex = self.source[i]
-    image = ex["image"]
-    if isinstance(image, bytes):
-      import io  # noqa: PLC0415
+    ex = self._source[int(i)]
+    return {"image": as_image(ex[self.image_key]), "label": np.int32(ex[self.label_key])}
 
-      from PIL import Image  # noqa: PLC0415
+  def __getstate__(self) -> dict:  # grain worker processes re-open the files
+    return {k: v for k, v in self.__dict__.items() if k != "_source"}
 
-      image = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
-    return {"image": np.asarray(image, np.uint8), "label": np.int32(ex["label"])}
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._source = self._open(decode_image=True)
 
 
-def load_source(name: str, *, data_dir: str = "", split: str):
-  """`fashion_mnist`, `cifar100`, `imagenet_r`, `caltech_birds2011` or `tfds:<name>`."""
+def as_image(value) -> np.ndarray:
+  """A decoded array or encoded (PNG/JPEG) bytes -> uint8 [H, W, C]."""
+  if isinstance(value, bytes | np.bytes_):
+    from PIL import Image  # noqa: PLC0415
+
+    with Image.open(io.BytesIO(value)) as pil:
+      value = np.asarray(pil.convert("RGB") if pil.mode not in ("L", "RGB") else pil)
+  image = np.asarray(value, np.uint8)
+  return image[..., None] if image.ndim == 2 else image
+
+
+def _spec(name: str) -> DatasetSpec:
+  if name.startswith("tfds:"):
+    return DatasetSpec(0, name.removeprefix("tfds:"))
+  if name in DATASETS:
+    return DATASETS[name]
+  raise ValueError(f"unknown dataset {name!r}: glyphs | {' | '.join(DATASETS)} | tfds:<name>")
+
+
+def num_classes(name: str, data_dir: str = "") -> int:
+  """Number of classes of a named dataset (`tfds:<name>` reads its prepared ClassLabel)."""
+  if name == "glyphs":
+    from jaxcl.data import glyphs  # noqa: PLC0415  (builds font tables on import)
+
+    return glyphs.num_classes("continual")
+  spec = _spec(name)
+  if spec.num_classes:
+    return spec.num_classes
+  return int(TfdsSource(spec.tfds_name, "train", data_dir).labels.max()) + 1
+
+
+def load_source(name: str, *, data_dir: str = "", split: str) -> ArraySource | TfdsSource:
+  """The `split` (`train` | `test`, or a tfds split string) of a named dataset.
+
+  Names: `glyphs`, `fashion_mnist`, `cifar100`, `imagenet_r`, `caltech_birds2011` and
+  `tfds:<name>` for any tfds dataset with `image`/`label` features.
+  """
+  if name == "glyphs":
+    # Delegated: the offline glyph renderer lives in jaxcl/data/glyphs.py.
+    from jaxcl.data import glyphs  # noqa: PLC0415  (builds font tables on import)
+
+    return glyphs.load_split(split, data_dir)
+  spec = _spec(name)
   if name == "fashion_mnist":
+    if split not in ("train", "test"):
+      raise ValueError(f"fashion_mnist split must be train | test, got {split!r}")
     train, test = load_fashion_mnist(data_dir)
     return train if split == "train" else test
-  tfds_name = name.removeprefix("tfds:")
-  if name.startswith("tfds:") or name in _TFDS:
-    return TfdsSource(tfds_name, _SPLITS.get(tfds_name, {}).get(split, split), data_dir)
-  raise ValueError(
-    f"unknown dataset {name!r}: glyphs | fashion_mnist | {' | '.join(_TFDS)} | tfds:<name>"
-  )
+  return TfdsSource(spec.tfds_name, dict(spec.splits).get(split, split), data_dir)

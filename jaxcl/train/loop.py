@@ -20,7 +20,7 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from jaxcl import checkpoint, config_lib, methods, metrics, sharding
+from jaxcl import checkpoint, config_lib, methods, sharding, writers
 from jaxcl.data import benchmark, pipeline
 from jaxcl.methods.base import TaskEnv
 from jaxcl.models import loading
