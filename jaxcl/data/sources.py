@@ -37,9 +37,7 @@ DATASETS = {
   "cifar100": DatasetSpec(100, "cifar100"),
   # tfds imagenet_r has only a `test` split (30k images); google-research/l2p trains on
   # its first 80% and tests on the rest (research/prompt_cil.md §2.1).
-  "imagenet_r": DatasetSpec(
-    200, "imagenet_r", (("train", "test[:80%]"), ("test", "test[80%:]"))
-  ),
+  "imagenet_r": DatasetSpec(200, "imagenet_r", (("train", "test[:80%]"), ("test", "test[80%:]"))),
   "caltech_birds2011": DatasetSpec(200, "caltech_birds2011"),
 }
 
@@ -122,8 +120,34 @@ def _prepare_hint(name: str, data_dir: str) -> str:
   )
 
 
+def tfds_builder(name: str, data_dir: str = ""):
+  """The tfds builder of a dataset prepared in `data_dir`, never touching the network.
+
+  Raises:
+    FileNotFoundError: naming the dataset, the directory searched and how to prepare it.
+  """
+  import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import, only when used)
+
+  data_dir = tfds_data_dir(data_dir)
+  folder = os.path.join(data_dir, name.split(":")[0])
+  if not os.path.isdir(folder):  # checked first, so tfds never reaches for a download
+    raise FileNotFoundError(
+      f"tfds dataset {name!r} is not prepared: {folder} does not exist. "
+      + _prepare_hint(name, data_dir)
+    )
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+    raise FileNotFoundError(
+      f"tfds dataset {name!r} is not prepared in {data_dir} ({e}). " + _prepare_hint(name, data_dir)
+    ) from e
+
+
 class TfdsSource:
-  """A tfds dataset prepared as ArrayRecord, read through `tfds.data_source` without TensorFlow.
+  """A tfds dataset prepared as ArrayRecord, read without TensorFlow.
+
+  Opens the builder's `as_data_source` (what `tfds.data_source` calls) after checking
+  that the dataset folder exists, so a missing dataset never triggers a download.
 
   Args:
     name: tfds name, optionally `name/config:version`.
@@ -131,8 +155,8 @@ class TfdsSource:
     data_dir: where it was prepared; empty means `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
     image_key / label_key: the feature names of the image and the class label.
 
-  Image features other than `image_key` (e.g. segmentation masks) are left undecoded,
-  and the label vector is read once with no image decoded at all.
+  Image features other than `image_key` (e.g. CUB's segmentation masks) are left
+  undecoded, and the label vector is read once, in memory, with no image decoded.
   """
 
   def __init__(
@@ -146,52 +170,38 @@ class TfdsSource:
   ):
     self.name, self.split, self.data_dir = name, split, tfds_data_dir(data_dir)
     self.image_key, self.label_key = image_key, label_key
-    folder = os.path.join(self.data_dir, name.split(":")[0])
-    if not os.path.isdir(folder):  # checked first, so tfds never reaches for the network
-      raise FileNotFoundError(
-        f"tfds dataset {name!r} is not prepared: {folder} does not exist. "
-        + _prepare_hint(name, self.data_dir)
-      )
-    self._source = self._open(decode_image=True)
-    features = self._source.dataset_info.features
+    builder = tfds_builder(name, self.data_dir)
+    features = builder.info.features
     for key in (image_key, label_key):
       if key not in features:
         raise KeyError(f"tfds dataset {name!r} has no feature {key!r}: {list(features)}")
-    self.labels = self._read_labels()  # [N]
+    self._source = self._open(builder, decode_image=True)
+    self.labels = self._read_labels(self._open(builder, decode_image=False))  # [N]
 
-  def _open(self, *, decode_image: bool):
-    import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import, only when used)
+  def _open(self, builder, *, decode_image: bool):
+    """An ArrayRecord data source; Image features other than the image stay encoded."""
+    import tensorflow_datasets as tfds  # noqa: PLC0415
 
-    builder = self._builder(tfds)
     skip = {
       key: tfds.decode.SkipDecoding()
       for key, feature in builder.info.features.items()
       if isinstance(feature, tfds.features.Image) and (key != self.image_key or not decode_image)
     }
-    return builder.as_data_source(split=self.split, decoders=skip or None)
-
-  def _builder(self, tfds):
     try:
-      return tfds.builder(self.name, data_dir=self.data_dir)
-    except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+      return builder.as_data_source(split=self.split, decoders=skip or None)
+    except NotImplementedError as e:  # prepared, but as TFRecord (or not at all)
       raise FileNotFoundError(
-        f"tfds dataset {self.name!r} is not prepared in {self.data_dir} ({e}). "
+        f"tfds dataset {self.name!r} has no ArrayRecord files in {self.data_dir} ({e}). "
         + _prepare_hint(self.name, self.data_dir)
       ) from e
 
-  def _read_labels(self, chunk: int = 1024) -> np.ndarray:
-    try:
-      source = self._open(decode_image=False)
-      labels = [
-        int(ex[self.label_key])
-        for start in range(0, len(source), chunk)
-        for ex in source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-      ]
-    except NotImplementedError as e:  # prepared, but as TFRecord
-      raise FileNotFoundError(
-        f"tfds dataset {self.name!r} in {self.data_dir} is not in ArrayRecord format ({e}). "
-        + _prepare_hint(self.name, self.data_dir)
-      ) from e
+  def _read_labels(self, source, chunk: int = 1024) -> np.ndarray:
+    n = len(source)
+    labels = [
+      ex[self.label_key]
+      for start in range(0, n, chunk)
+      for ex in source.__getitems__(list(range(start, min(start + chunk, n))))
+    ]
     return np.asarray(labels, np.int32)
 
   def __len__(self) -> int:
@@ -201,12 +211,12 @@ class TfdsSource:
     ex = self._source[int(i)]
     return {"image": as_image(ex[self.image_key]), "label": np.int32(ex[self.label_key])}
 
-  def __getstate__(self) -> dict:  # grain worker processes re-open the files
+  def __getstate__(self) -> dict:  # pickled into grain workers: they re-open the files
     return {k: v for k, v in self.__dict__.items() if k != "_source"}
 
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
-    self._source = self._open(decode_image=True)
+    self._source = self._open(tfds_builder(self.name, self.data_dir), decode_image=True)
 
 
 def as_image(value) -> np.ndarray:
@@ -237,7 +247,10 @@ def num_classes(name: str, data_dir: str = "") -> int:
   spec = _spec(name)
   if spec.num_classes:
     return spec.num_classes
-  return int(TfdsSource(spec.tfds_name, "train", data_dir).labels.max()) + 1
+  label = tfds_builder(spec.tfds_name, data_dir).info.features["label"]
+  if not hasattr(label, "num_classes"):
+    raise ValueError(f"{name}: feature `label` is {label}, not a ClassLabel")
+  return int(label.num_classes)
 
 
 def load_source(name: str, *, data_dir: str = "", split: str) -> ArraySource | TfdsSource:

@@ -1,9 +1,10 @@
 """Per-example image transforms (numpy/PIL, inside grain maps) and on-device input scaling.
 
-Images stay uint8 through the input pipeline (4x less host->device traffic); the
-train step scales them on device with `scale_images`. Reference pre-processing is
-summarised in research/prompt_cil.md §2.2: RandomResizedCrop(scale=(0.05, 1)) +
-flip for training, resize(256/224) + centre crop for testing, inputs in [0, 1].
+Images stay uint8 through the input pipeline (4x less host-to-device traffic than
+float32); the train step scales them on device with `scale_images`. The reference
+pre-processing is summarised in research/prompt_cil.md §2.2: RandomResizedCrop +
+horizontal flip for training (scale (0.05, 1) in l2p/PILOT, (0.08, 1) in CODA),
+resize to 256/224 of the size + centre crop for testing, inputs in [0, 1].
 """
 
 from __future__ import annotations
@@ -16,113 +17,188 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+TRAIN_AUGS = ("none", "flip", "rrc_flip", "crop_flip")
+EVAL_RESIZE_MODES = ("resize", "resize_crop")
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _MEAN_STD = {
   "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-  "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+  "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),  # GengDavid/SLCA
 }
+SCALE_MODES = ("01", "-11", *_MEAN_STD)
+_CIFAR_PAD = 4  # pixels of reflect padding before the random crop (crop_flip)
 
 
 def scale_images(images, mode: str):
-  """uint8 [..., C] -> float32: `01` x/255, `-11` x/127.5-1, `imagenet`/`cifar100` mean/std."""
+  """uint8 [..., C] -> float32 [..., C]; traceable, so it runs inside jit on device.
+
+  `01`: x/255 (every reference prompt method). `-11`: x/127.5 - 1 (the ViT
+  checkpoints' own range). `imagenet` / `cifar100`: (x/255 - mean) / std with that
+  dataset's statistics (SLCA); a single-channel input uses the channel means.
+  """
   x = jnp.asarray(images).astype(jnp.float32)
   if mode == "01":
     return x / 255.0
   if mode == "-11":
     return x / 127.5 - 1.0
   if mode in _MEAN_STD:
-    mean, std = (jnp.asarray(v, jnp.float32) for v in _MEAN_STD[mode])
+    mean, std = (jnp.asarray(v, jnp.float32) for v in _MEAN_STD[mode])  # [3]
     if x.shape[-1] == 1:
-      mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+      mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)  # [1]
     return (x / 255.0 - mean) / std
-  raise ValueError(f"data.scale={mode!r}: use 01 | -11 | imagenet | cifar100")
+  raise ValueError(f"unknown image scaling {mode!r}: use one of {' | '.join(SCALE_MODES)}")
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """uint8 [h, w, c] -> [size[0], size[1], c], bilinear."""
-  if image.shape[:2] == size:
-    return image
-  c = image.shape[-1]
-  pil = Image.fromarray(image[..., 0] if c == 1 else image)
-  out = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR))
-  return out[..., None] if c == 1 else out
-
-
-def _channels(image: np.ndarray, channels: int) -> np.ndarray:
+def _as_hwc(image) -> np.ndarray:
+  """uint8 [h, w] / [h, w, 1] / [h, w, 3] / [h, w, 4] -> uint8 [h, w, 1 or 3]."""
+  image = np.asarray(image, np.uint8)
   if image.ndim == 2:
     image = image[..., None]
+  if image.shape[-1] == 4:  # drop alpha
+    image = image[..., :3]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f"expected an image [h, w, 1|3], got shape {image.shape}")
+  return image
+
+
+def resize(image: np.ndarray, height: int, width: int, interpolation: str, box=None) -> np.ndarray:
+  """uint8 [h, w, c] -> uint8 [height, width, c] with PIL (antialiased when shrinking).
+
+  `box` = (left, top, right, bottom) resizes that region only (a crop and a resize in
+  one resampling pass).
+  """
+  if box is None and image.shape[:2] == (height, width):
+    return image
+  gray = image.shape[-1] == 1
+  pil = Image.fromarray(image[..., 0] if gray else image)
+  out = np.asarray(pil.resize((width, height), _RESAMPLE[interpolation], box=box))
+  return out[..., None] if gray else out
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """[h, w, 1|3] -> [h, w, channels]: gray is repeated to RGB; RGB to gray is ITU-R 601 luma."""
   if image.shape[-1] == channels:
     return image
-  if image.shape[-1] == 1 and channels == 3:
+  if channels == 3:
     return np.repeat(image, 3, axis=-1)
-  if image.shape[-1] == 3 and channels == 1:
-    return image.mean(-1, keepdims=True).astype(np.uint8)
-  raise ValueError(f"cannot convert {image.shape[-1]} channels to {channels}")
+  return np.asarray(Image.fromarray(image).convert("L"))[..., None]
 
 
-def random_resized_crop(
-  image, rng: np.random.Generator, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
-) -> np.ndarray:
-  """torchvision's RandomResizedCrop: 10 tries at a random area/aspect, else a centre crop."""
-  h, w = image.shape[:2]
-  area = h * w
+def random_resized_crop_box(
+  height: int, width: int, rng: np.random.Generator, scale: tuple[float, float], ratio
+) -> tuple[int, int, int, int]:
+  """torchvision's RandomResizedCrop box (left, top, right, bottom).
+
+  Ten tries at a random area fraction in `scale` and log-uniform aspect in `ratio`;
+  if none fits, a centre crop with the aspect clamped into `ratio`.
+  """
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
     target = area * rng.uniform(*scale)
-    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-    cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-    if 0 < cw <= w and 0 < ch <= h:
-      y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-      return _resize(image[y : y + ch, x : x + cw], (size, size))
-  s = min(h, w)
-  y, x = (h - s) // 2, (w - s) // 2
-  return _resize(image[y : y + s, x : x + s], (size, size))
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = round(math.sqrt(target * aspect))
+    h = round(math.sqrt(target / aspect))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return left, top, left + w, top + h
+  aspect = width / height
+  if aspect < min(ratio):
+    w, h = width, round(width / min(ratio))
+  elif aspect > max(ratio):
+    w, h = round(height * max(ratio)), height
+  else:
+    w, h = width, height
+  top, left = (height - h) // 2, (width - w) // 2
+  return left, top, left + w, top + h
+
+
+def _check(field: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"{field}={value!r}: use one of {' | '.join(map(str, allowed))}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform(grain.transforms.RandomMap):
-  """Training augmentation: none | flip | rrc_flip | crop_flip (pad 4 + crop, CIFAR style)."""
+  """Training augmentation to uint8 [S, S, channels]; a grain `RandomMap`.
+
+  aug: `none` (resize), `flip` (resize + horizontal flip p=0.5), `rrc_flip`
+  (RandomResizedCrop with scale (scale_min, 1), ratio (3/4, 4/3), then flip), or
+  `crop_flip` (resize, reflect-pad 4, random S crop, flip: the classic CIFAR recipe).
+  """
 
   image_size: int
   channels: int = 3
   aug: str = "flip"
   scale_min: float = 0.08
+  interpolation: str = "bilinear"
+
+  def __post_init__(self):
+    _check("aug", self.aug, TRAIN_AUGS)
+    _check("channels", self.channels, (1, 3))
+    _check("interpolation", self.interpolation, tuple(_RESAMPLE))
+    if not 0.0 < self.scale_min <= 1.0:
+      raise ValueError(f"scale_min={self.scale_min}: must be in (0, 1]")
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    image = _channels(np.asarray(element["image"]), self.channels)
-    s = self.image_size
+    image = _as_hwc(element["image"])  # [h, w, c]
+    s, interp = self.image_size, self.interpolation
     if self.aug == "rrc_flip":
-      image = random_resized_crop(image, rng, s, scale=(self.scale_min, 1.0))
-    elif self.aug == "crop_flip":
-      image = np.pad(_resize(image, (s, s)), ((4, 4), (4, 4), (0, 0)), mode="reflect")
-      y, x = rng.integers(0, 9, size=2)
-      image = image[y : y + s, x : x + s]
-    elif self.aug in ("none", "flip"):
-      image = _resize(image, (s, s))
+      box = random_resized_crop_box(
+        image.shape[0], image.shape[1], rng, (self.scale_min, 1.0), (3 / 4, 4 / 3)
+      )
+      image = resize(image, s, s, interp, box=box)
     else:
-      raise ValueError(f"data.train_aug={self.aug!r}: none | flip | rrc_flip | crop_flip")
+      image = resize(image, s, s, interp)
+    if self.aug == "crop_flip":
+      p = _CIFAR_PAD
+      padded = np.pad(image, ((p, p), (p, p), (0, 0)), mode="reflect")  # [S+8, S+8, c]
+      top, left = rng.integers(0, 2 * p + 1, size=2)
+      image = padded[top : top + s, left : left + s]
     if self.aug != "none" and rng.random() < 0.5:
       image = image[:, ::-1]
-    return {"image": np.ascontiguousarray(image, np.uint8), "label": np.int32(element["label"])}
+    image = np.ascontiguousarray(to_channels(image, self.channels))  # [S, S, channels]
+    return {"image": image, "label": np.int32(element["label"])}
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+    return self.random_map(example, rng)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform(grain.transforms.Map):
-  """Test transform: resize to the model size, or resize to size*256/224 then centre crop."""
+  """Test transform to uint8 [S, S, channels]; a grain `Map`.
+
+  resize_mode: `resize` (straight to S x S) or `resize_crop` (shorter side to
+  S * 256/224, aspect kept, then the centre S x S crop: the reference test transform).
+  """
 
   image_size: int
   channels: int = 3
   resize_mode: str = "resize"
+  interpolation: str = "bilinear"
+
+  def __post_init__(self):
+    _check("resize_mode", self.resize_mode, EVAL_RESIZE_MODES)
+    _check("channels", self.channels, (1, 3))
+    _check("interpolation", self.interpolation, tuple(_RESAMPLE))
 
   def map(self, element: dict) -> dict:
-    image = _channels(np.asarray(element["image"]), self.channels)
-    s = self.image_size
+    image = _as_hwc(element["image"])  # [h, w, c]
+    s, interp = self.image_size, self.interpolation
     if self.resize_mode == "resize":
-      image = _resize(image, (s, s))
-    elif self.resize_mode == "resize_crop":
+      image = resize(image, s, s, interp)
+    else:
       h, w = image.shape[:2]
       short = round(s * 256 / 224)
-      image = _resize(image, (max(short, round(h * short / w)), max(short, round(w * short / h))))
-      y, x = (image.shape[0] - s) // 2, (image.shape[1] - s) // 2
-      image = image[y : y + s, x : x + s]
-    else:
-      raise ValueError(f"data.eval_resize={self.resize_mode!r}: resize | resize_crop")
-    return {"image": np.ascontiguousarray(image, np.uint8), "label": np.int32(element["label"])}
+      if h <= w:
+        image = resize(image, short, int(short * w / h), interp)
+      else:
+        image = resize(image, int(short * h / w), short, interp)
+      top = int(round((image.shape[0] - s) / 2))
+      left = int(round((image.shape[1] - s) / 2))
+      image = image[top : top + s, left : left + s]
+    image = np.ascontiguousarray(to_channels(image, self.channels))  # [S, S, channels]
+    return {"image": image, "label": np.int32(element["label"])}
+
+  def __call__(self, example: dict) -> dict:
+    return self.map(example)
