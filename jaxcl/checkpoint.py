@@ -1,24 +1,37 @@
-"""The only module that talks to orbax: one CheckpointManager per run.
+"""The only module that talks to orbax: one `CheckpointManager` per run (DESIGN.md §6).
 
-A checkpoint holds three items: the learner state (sharded arrays), the data
-iterator state (JSON) and metadata (JSON: progress, class order, accuracy matrix so
-far, config hash, jaxcl version). Task-boundary checkpoints are kept forever, the
-others only as the latest `keep`. Restore takes abstract target shardings, so a run
-saved on 8 devices resumes on 4 or 1; a checkpoint that fails to restore is passed
-over, loudly, for the next older one, and nothing is ever deleted on failure.
+A checkpoint holds three items: the learner state (sharded arrays, `StandardSave`), the
+data-iterator state and the run metadata (both JSON). Task-boundary checkpoints
+(`keep_forever=True`) are never garbage-collected; of the others only the newest `keep`
+survive. Whether a step is permanent is written into orbax's step metadata
+(`custom_metadata`), so the policy holds across restarts. Restore takes an abstract target
+carrying the new shardings, so a run saved on 8 devices resumes on 4 or 1; a checkpoint that
+fails to restore is passed over, loudly, for the next older one, and nothing is ever deleted
+because it failed to restore.
+
+Every process calls every method; orbax does the multi-host coordination. JSON items are
+written by the primary process only, so `data_state` must be the same on all processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, NamedTuple
 
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+# Orbax's commit marker (orbax/checkpoint/_src/path/atomicity_types.py): written into a step
+# directory when it is finalized. Locally orbax (>= 0.12) writes it into the
+# `<step>.orbax-checkpoint-tmp-<time>` directory and then renames that to `<step>`; on GCS the
+# step directory is written in place and this file alone marks it done.
+_COMMIT_FILE = "commit_success.txt"
 
 
 class CheckpointError(RuntimeError):
-  pass
+  """Checkpoints exist but none can be restored (nothing was deleted)."""
 
 
 class Restored(NamedTuple):
@@ -26,25 +39,69 @@ class Restored(NamedTuple):
   state: Any
   data_state: dict | None
   meta: dict
-  skipped: list[int]
+  skipped: list[int]  # newer steps that failed to restore and were passed over
+
+
+@dataclasses.dataclass
+class _PermanentPlusLatest:
+  """Orbax preservation policy: every permanent step, plus the newest `keep` of the others."""
+
+  keep: int
+  permanent: set[int]
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    transient = sorted(c.step for c in checkpoints if c.step not in self.permanent)
+    latest = set(transient[max(len(transient) - self.keep, 0) :])
+    return [c.step in self.permanent or c.step in latest for c in checkpoints]
 
 
 class Checkpointer:
+  """One orbax CheckpointManager per run: learner state, data-iterator state, metadata."""
+
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
-    self.directory = directory if "://" in directory else os.path.abspath(directory)
-    self.keep = keep
+    if "://" in directory:
+      self.directory = directory  # gs:// and other remote paths go to orbax as they are
+    else:
+      self.directory = os.path.abspath(os.path.expanduser(directory))  # orbax needs it absolute
+    self._root = epath.Path(self.directory)
+    self._policy = _PermanentPlusLatest(keep=keep, permanent=set())
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=None, enable_async_checkpointing=async_save, create=True
+      preservation_policy=self._policy, enable_async_checkpointing=async_save, create=True
     )
     self._mgr = ocp.CheckpointManager(
       self.directory, options=options, item_names=("state", "data", "meta")
     )
-    self._permanent: set[int] = set()
-    self._pending_gc = False
+    for step in self._mgr.all_steps():  # permanence of the steps on disk, from a previous run
+      info = self._step_metadata(step)
+      if (
+        info is None
+        or not self._is_committed(step)
+        or (info.custom_metadata or {}).get("keep_forever", True)
+      ):
+        self._policy.permanent.add(step)  # half-written, unreadable or unmarked: keep it
+
+  def _step_metadata(self, step: int):
+    """Orbax's `StepMetadata` of `step` (its `_CHECKPOINT_METADATA` file), None if unreadable."""
+    try:
+      return ocp.metadata.get_step_metadata(self._root / str(step))
+    except Exception:  # noqa: BLE001  (missing or unreadable: a half-written or foreign dir)
+      return None
+
+  def _is_committed(self, step: int) -> bool:
+    """Finalized by orbax: the commit file, or (orbax < 0.12, local) a recorded commit time."""
+    if (self._root / str(step) / _COMMIT_FILE).exists():
+      return True
+    info = self._step_metadata(step)
+    return info is not None and info.commit_timestamp_nsecs is not None
 
   def steps(self) -> list[int]:
-    """Committed steps, ascending (orbax never lists a temporary, half-written step)."""
-    return sorted(self._mgr.all_steps(read=True))
+    """All committed checkpoint steps, ascending; tmp and half-written directories are ignored.
+
+    Orbax itself never lists `<step>.orbax-checkpoint-tmp-*` directories; a step directory
+    without orbax's commit marker is dropped here.
+    """
+    return [s for s in sorted(self._mgr.all_steps()) if self._is_committed(s)]
 
   def save(
     self,
@@ -56,59 +113,53 @@ class Checkpointer:
     keep_forever: bool = False,
     wait: bool = False,
   ) -> None:
-    self._collect_garbage()  # the previous save has committed by the time the next one starts
-    if step in self.steps():
-      logging.info("checkpoint step %d exists; not saving it again", step)
-      return
+    """Saves `state` (asynchronously unless `wait`); an existing `step` is replaced.
+
+    Replacing matters after a fallback past a bad checkpoint (training reaches its step
+    again) and when a task boundary falls on a step already saved periodically. A step once
+    marked `keep_forever` stays permanent when it is replaced.
+    """
+    self._mgr.wait_until_finished()  # the previous save, and its garbage collection, are done
+    if step in self._mgr.all_steps():
+      logging.info("checkpoint step %d exists in %s; replacing it", step, self.directory)
+      keep_forever = keep_forever or (step in self._policy.permanent and self._is_committed(step))
+      self._mgr.delete(step)
     if keep_forever:
-      self._permanent.add(step)
-    meta = {**meta, "keep_forever": keep_forever}
+      self._policy.permanent.add(step)  # before save(): orbax picks stale steps at save time
+    else:
+      self._policy.permanent.discard(step)
     self._mgr.save(
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state or {}),
+        data=ocp.args.JsonSave({"data_state": data_state}),
         meta=ocp.args.JsonSave(meta),
       ),
+      custom_metadata={"keep_forever": keep_forever},
+      force=True,  # we decide when to save; orbax would skip steps <= its latest one
     )
-    self._pending_gc = True
     if wait:
       self.wait()
 
   def wait(self) -> None:
+    """Blocks until async saves (and the deletions of stale steps) are committed."""
     self._mgr.wait_until_finished()
-    self._collect_garbage()
-
-  def _collect_garbage(self) -> None:
-    """Deletes non-permanent steps beyond the newest `keep` (after saves have committed)."""
-    if not self._pending_gc:
-      return
-    self._mgr.wait_until_finished()
-    self._pending_gc = False
-    transient = [s for s in self.steps() if not self._is_permanent(s)]
-    for s in transient[: max(len(transient) - self.keep, 0)]:
-      self._mgr.delete(s)
-
-  def _is_permanent(self, step: int) -> bool:
-    if step in self._permanent:
-      return True
-    try:
-      meta = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    except Exception:  # noqa: BLE001  (unreadable meta: keep it, never delete on doubt)
-      return True
-    if meta.get("keep_forever"):
-      self._permanent.add(step)
-    return bool(meta.get("keep_forever"))
 
   def restore(self, abstract_state, *, step: int | None = None) -> Restored | None:
-    """Newest good checkpoint (or `step`) restored into `abstract_state`'s shardings."""
+    """Restores into `abstract_state` (ShapeDtypeStructs with the target shardings).
+
+    With `step=None`, the newest good checkpoint: a step that fails to restore is logged and
+    passed over for the next older one. Returns None when there are no checkpoints at all;
+    raises CheckpointError when there are some but none (or not `step`) can be restored.
+    """
     self.wait()
     steps = self.steps()
     if not steps:
       return None
-    candidates = [step] if step is not None else steps[::-1]
-    skipped, errors = [], []
-    for s in candidates:
+    if step is not None and step not in steps:
+      raise CheckpointError(f"no committed checkpoint at step {step} in {self.directory}: {steps}")
+    errors = []
+    for s in [step] if step is not None else steps[::-1]:
       try:
         r = self._mgr.restore(
           s,
@@ -118,27 +169,23 @@ class Checkpointer:
             meta=ocp.args.JsonRestore(),
           ),
         )
-        if skipped:
-          logging.warning(
-            "resuming from checkpoint %d; newer checkpoints %s could not be restored: %s",
-            s,
-            skipped,
-            "; ".join(errors),
-          )
-        return Restored(s, r.state, r.data or None, dict(r.meta), skipped)
+        restored = Restored(s, r.state, r.data["data_state"], dict(r.meta), [e[0] for e in errors])
       except Exception as e:  # noqa: BLE001  (any unreadable piece makes the step bad)
+        errors.append((s, f"{type(e).__name__}: {str(e)[:300]}"))
         logging.warning(
-          "checkpoint %d in %s is unreadable (%s: %s); trying an older one",
+          "CHECKPOINT STEP %d in %s CANNOT BE RESTORED (%s); %s",
           s,
           self.directory,
-          type(e).__name__,
-          e,
+          errors[-1][1],
+          "trying the next older one" if step is None and s != steps[0] else "none left to try",
         )
-        skipped.append(s)
-        errors.append(f"{s}: {type(e).__name__}: {str(e)[:200]}")
+        continue
+      if restored.skipped:
+        logging.warning("restored step %d; passed over bad newer steps %s", s, restored.skipped)
+      return restored
     raise CheckpointError(
-      f"no checkpoint in {self.directory} could be restored (tried {skipped}); nothing was "
-      "deleted. Errors:\n  " + "\n  ".join(errors)
+      f"no good checkpoint in {self.directory}: tried steps {[e[0] for e in errors]}, all failed;"
+      " nothing was deleted.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
     )
 
   def close(self) -> None:
