@@ -1,8 +1,9 @@
-"""Transformer layers shared by the ViT (and later the GPT/BERT models).
+"""Transformer layers shared by the ViT (and the GPT/BERT models).
 
-Parameter names and shapes follow the google vision_transformer checkpoints
-(`query/kernel` [D, H, Dh], `out/kernel` [H, Dh, D], `Dense_0`/`Dense_1`), so a
-`.npz` loads without reshaping.
+Parameter shapes follow the google vision_transformer checkpoints (Dosovitskiy et al., 2021):
+attention kernels keep the head axis (`query.kernel` [D, H, Dh], `out.kernel` [H, Dh, D]), so a
+`.npz` loads without reshaping (jaxcl/models/loading.py maps the names). Parameters are float32;
+`dtype` is the compute dtype (bfloat16 on TPU), and attention softmax runs in float32.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-xavier = nnx.initializers.xavier_uniform()
+xavier_uniform = nnx.initializers.xavier_uniform()
 
 
-class Projection(nnx.Module):
-  """A dense map whose kernel keeps head structure: [D, H, Dh] (in) or [H, Dh, D] (out)."""
+class HeadDense(nnx.Module):
+  """A dense map with a structured kernel, e.g. [D, H, Dh] (per-head in) or [H, Dh, D] (out).
+
+  Like flax `DenseGeneral`, the kernel is xavier-initialised as the 2-D matrix
+  [prod(kernel_shape[:fan_in_axes]), prod(rest)] and then reshaped.
+  """
 
   def __init__(
     self,
@@ -29,57 +34,75 @@ class Projection(nnx.Module):
   ):
     fan_in = math.prod(kernel_shape[:fan_in_axes])
     fan_out = math.prod(kernel_shape[fan_in_axes:])
-    self.kernel = nnx.Param(xavier(rngs.params(), (fan_in, fan_out)).reshape(kernel_shape))
-    self.bias = nnx.Param(jnp.zeros(bias_shape))
+    kernel = xavier_uniform(rngs.params(), (fan_in, fan_out), jnp.float32)
+    self.kernel = nnx.Param(kernel.reshape(kernel_shape))
+    self.bias = nnx.Param(jnp.zeros(bias_shape, jnp.float32))
 
 
 class MultiHeadAttention(nnx.Module):
-  """Multi-head self-attention with optional prefix keys/values (prefix-tuning).
+  """Multi-head self-attention (Vaswani et al., 2017) with optional prefix keys/values.
 
-  Prefix-tuning (DualPrompt, CODA-Prompt) concatenates extra keys/values to the
-  *already projected* K and V along the sequence axis; queries are unchanged, so
-  the output keeps the input length.
+  Prefix-tuning (Li & Liang, 2021; used by DualPrompt and CODA-Prompt) concatenates extra keys
+  and values to the *already projected* K and V along the sequence axis: prefixes do not pass
+  through W_k / W_v, queries are unchanged, so the output keeps the input length.
   """
 
-  def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs):
+  def __init__(self, width: int, num_heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    if width % num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
     head_dim = width // num_heads
-    self.num_heads = num_heads
-    self.query = Projection(
-      (width, num_heads, head_dim), (num_heads, head_dim), fan_in_axes=1, rngs=rngs
-    )
-    self.key = Projection(
-      (width, num_heads, head_dim), (num_heads, head_dim), fan_in_axes=1, rngs=rngs
-    )
-    self.value = Projection(
-      (width, num_heads, head_dim), (num_heads, head_dim), fan_in_axes=1, rngs=rngs
-    )
-    self.out = Projection((num_heads, head_dim, width), (width,), fan_in_axes=2, rngs=rngs)
+    self.dtype = dtype
+    in_shape, in_bias = (width, num_heads, head_dim), (num_heads, head_dim)
+    self.query = HeadDense(in_shape, in_bias, fan_in_axes=1, rngs=rngs)
+    self.key = HeadDense(in_shape, in_bias, fan_in_axes=1, rngs=rngs)
+    self.value = HeadDense(in_shape, in_bias, fan_in_axes=1, rngs=rngs)
+    self.out = HeadDense((num_heads, head_dim, width), (width,), fan_in_axes=2, rngs=rngs)
 
-  def __call__(self, x, *, prefix_k=None, prefix_v=None, dtype=jnp.float32):
-    x = x.astype(dtype)
+  def _project(self, x, dense: HeadDense):
+    kernel, bias = dense.kernel[...].astype(self.dtype), dense.bias[...].astype(self.dtype)
+    return jnp.einsum("bnd,dhk->bnhk", x, kernel) + bias  # [B, N, H, Dh]
 
-    def project(p):
-      return jnp.einsum("bnd,dhk->bnhk", x, p.kernel[...].astype(dtype)) + p.bias[...].astype(dtype)
+  def __call__(self, x, *, prefix_k=None, prefix_v=None, mask=None):
+    """Attends x [B, N, D] to itself (and to the prefixes); returns [B, N, D].
 
-    q, k, v = project(self.query), project(self.key), project(self.value)  # [B, N, H, Dh]
-    if prefix_k is not None:  # [B, P, H, Dh] each
-      k = jnp.concatenate([prefix_k.astype(dtype), k], axis=1)
-      v = jnp.concatenate([prefix_v.astype(dtype), v], axis=1)
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhk,bshk->bhqs", q * scale, k).astype(jnp.float32)  # [B, H, N, S]
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    ctx = jnp.einsum("bhqs,bshk->bqhk", weights, v)  # [B, N, H, Dh]
-    out = jnp.einsum("bqhk,hkd->bqd", ctx, self.out.kernel[...].astype(dtype))
-    return out + self.out.bias[...].astype(dtype)
+    Args:
+      x: input tokens [B, N, D].
+      prefix_k: projected prefix keys [B, P, H, Dh], or None.
+      prefix_v: projected prefix values [B, P, H, Dh], or None (given iff prefix_k is).
+      mask: boolean, True = may attend, broadcastable to [B, H, N, P + N] (prefix columns
+        first), or None.
+    """
+    if (prefix_k is None) != (prefix_v is None):
+      raise ValueError("prefix_k and prefix_v must be given together")
+    x = x.astype(self.dtype)
+    q = self._project(x, self.query)  # [B, N, H, Dh]
+    k = self._project(x, self.key)  # [B, N, H, Dh]
+    v = self._project(x, self.value)  # [B, N, H, Dh]
+    if prefix_k is not None:
+      k = jnp.concatenate([prefix_k.astype(self.dtype), k], axis=1)  # [B, P + N, H, Dh]
+      v = jnp.concatenate([prefix_v.astype(self.dtype), v], axis=1)  # [B, P + N, H, Dh]
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, self.dtype)
+    logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)  # [B,H,N,S]
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, H, N, S]
+    context = jnp.einsum("bhqs,bshk->bqhk", weights, v)  # [B, N, H, Dh]
+    out_kernel = self.out.kernel[...].astype(self.dtype)
+    return jnp.einsum("bqhk,hkd->bqd", context, out_kernel) + self.out.bias[...].astype(self.dtype)
 
 
 class MlpBlock(nnx.Module):
-  """Dense -> exact GELU -> Dense, as in the google ViT."""
+  """Dense -> exact (erf) GELU -> Dense, initialised like the google ViT's `MlpBlock`."""
 
   def __init__(self, width: int, mlp_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    kw = dict(kernel_init=xavier, bias_init=nnx.initializers.normal(1e-6), dtype=dtype, rngs=rngs)
-    self.Dense_0 = nnx.Linear(width, mlp_dim, **kw)
-    self.Dense_1 = nnx.Linear(mlp_dim, width, **kw)
+    init = dict(kernel_init=xavier_uniform, bias_init=nnx.initializers.normal(1e-6))
+    self.dense_0 = nnx.Linear(width, mlp_dim, dtype=dtype, rngs=rngs, **init)
+    self.dense_1 = nnx.Linear(mlp_dim, width, dtype=dtype, rngs=rngs, **init)
 
-  def __call__(self, x):
-    return self.Dense_1(jax.nn.gelu(self.Dense_0(x), approximate=False))
+  def __call__(self, x):  # [B, N, D] -> [B, N, D]
+    return self.dense_1(jax.nn.gelu(self.dense_0(x), approximate=False))
+
+
+def layer_norm(width: int, *, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """The ViT's LayerNorm: epsilon 1e-6 (google vision_transformer), float32 statistics."""
+  return nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)

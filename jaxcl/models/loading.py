@@ -1,182 +1,257 @@
-"""Pretrained ViT weights: google vision_transformer `.npz` and timm / HF safetensors.
+"""Pretrained ViT weights: google vision_transformer `.npz`, timm and HF transformers safetensors.
 
-The google format (research/prompt_cil.md §4.2) keys parameters like
-`Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel` [D, H, Dh].
-jaxcl's ViT uses those names, so loading is a rename of the flattened state; Linen
-checkpoints renumber block children (`LayerNorm_1`, `MultiHeadDotProductAttention_0`,
-`MlpBlock_0`) and are mapped back. A position embedding of another grid is resized
-bilinearly (CLS row kept), as google-research/l2p's loader does.
+Every format is first converted to the google pre-Linen key names (research/prompt_cil.md §4.2),
+e.g. `Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel` [D, H, Dh], then
+copied onto the jaxcl ViT (`blocks.0.attn.query.kernel`). Linen-era checkpoints renumber the
+block children (`LayerNorm_1`, `MultiHeadDotProductAttention_0`, `MlpBlock_0`) and are mapped
+back. A position embedding of another grid is resized as google-research/l2p and the google
+vision_transformer loaders do: CLS row kept, grid zoomed with `scipy.ndimage.zoom(order=1)`.
 """
 
 from __future__ import annotations
 
-import re
-
 import jax
+import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 from absl import logging
 from etils import epath
-from flax import nnx, traverse_util
+from flax import nnx
 
+from jaxcl.models.vit import ViT
+
+POS_EMBEDDING = "Transformer/posembed_input/pos_embedding"
+HOW_TO_GET = (
+  "get ViT-B/16 from gs://vit_models/imagenet21k/ViT-B_16.npz (original IN-21k, as L2P and "
+  "DualPrompt) or gs://vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-"
+  "sd_0.0.npz (AugReg IN-21k), e.g. `gsutil cp` or https://storage.googleapis.com/vit_models/..."
+)
+# jaxcl attribute -> google (pre-Linen) module name inside an encoder block.
+_BLOCK_NAMES = {
+  "ln_0": "LayerNorm_0",
+  "attn": "MultiHeadDotProductAttention_1",
+  "ln_2": "LayerNorm_2",
+  "mlp": "MlpBlock_3",
+  "dense_0": "Dense_0",
+  "dense_1": "Dense_1",
+}
 _LINEN_TO_PRE_LINEN = {
   "LayerNorm_1": "LayerNorm_2",
   "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
   "MlpBlock_0": "MlpBlock_3",
 }
-HOW_TO_GET = (
-  "get ViT-B/16 from gs://vit_models/imagenet21k/ViT-B_16.npz (original IN-21k) or "
-  "gs://vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz"
+# Torch-side names of the two safetensors layouts; `qkv` None = separate query/key/value.
+_TIMM = dict(
+  cls="cls_token",
+  pos="pos_embed",
+  patch="patch_embed.proj",
+  norm="norm",
+  head="head",
+  block="blocks.{}.",
+  ln_0="norm1",
+  ln_2="norm2",
+  qkv="attn.qkv",
+  out="attn.proj",
+  fc1="mlp.fc1",
+  fc2="mlp.fc2",
+)
+_HF = dict(
+  cls="embeddings.cls_token",
+  pos="embeddings.position_embeddings",
+  patch="embeddings.patch_embeddings.projection",
+  norm="layernorm",
+  head="classifier",
+  block="encoder.layer.{}.",
+  ln_0="layernorm_before",
+  ln_2="layernorm_after",
+  qkv=None,
+  out="attention.output.dense",
+  fc1="intermediate.dense",
+  fc2="output.dense",
 )
 
 
-def npz_key(path: str) -> str:
-  """jaxcl state path (e.g. `encoderblock/0/LayerNorm_0/scale`) -> google npz key."""
-  parts = path.split("/")
-  if parts[0] == "encoderblock":
-    return "/".join(["Transformer", f"encoderblock_{parts[1]}", *parts[2:]])
-  if parts[0] == "pos_embedding":
-    return "Transformer/posembed_input/pos_embedding"
-  if parts[0] == "encoder_norm":
-    return "Transformer/" + path
-  return path
+def google_key(path: tuple) -> str:
+  """A jaxcl ViT parameter path, e.g. ("blocks", 0, "ln_0", "scale"), -> its google npz key."""
+  top, *rest = (str(p) for p in path)
+  if top == "blocks":
+    index, *modules, leaf = rest
+    names = [_BLOCK_NAMES.get(m, m) for m in modules]
+    return "/".join(["Transformer", f"encoderblock_{index}", *names, leaf])
+  if top == "pos_embedding":
+    return POS_EMBEDDING
+  if top == "encoder_norm":
+    return "/".join(["Transformer", top, *rest])
+  return "/".join([top, *rest])  # embedding/*, cls, head/*
+
+
+def vit_params(model: ViT) -> dict[str, nnx.Param]:
+  """{google npz key: parameter} for every parameter of `model`."""
+  return {
+    google_key(path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Param)
+  }
+
+
+def _existing(path: str) -> epath.Path:
+  p = epath.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"pretrained ViT weights {path} not found; {HOW_TO_GET}")
+  return p
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
-  """A google `.npz` as {key: array}, `opt/target/` stripped, Linen block names mapped back."""
-  p = epath.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"pretrained weights {path} not found; {HOW_TO_GET}")
-  with p.open("rb") as f:
-    raw = dict(np.load(f, allow_pickle=False))
+  """A google / big_vision `.npz` (local or any epath, e.g. gs://) as {pre-Linen key: array}.
+
+  Strips an `opt/target/` prefix and maps Linen block names back to the pre-Linen ones.
+  """
+  with _existing(path).open("rb") as f, np.load(f, allow_pickle=False) as npz:
+    raw = {key: npz[key] for key in npz.files}
   out = {}
-  for k, v in raw.items():
-    k = k.removeprefix("opt/target/")
-    k = re.sub(r"[A-Za-z]+_\d+", lambda m: _LINEN_TO_PRE_LINEN.get(m.group(0), m.group(0)), k)
-    out[k] = v
+  for key, value in raw.items():
+    parts = key.removeprefix("opt/target/").split("/")
+    out["/".join(_LINEN_TO_PRE_LINEN.get(p, p) for p in parts)] = value
   return out
 
 
-def read_safetensors(path: str, width: int, num_heads: int) -> dict[str, np.ndarray]:
-  """timm (`blocks.0.attn.qkv.weight`) or HF (`vit.encoder.layer.0...`) ViT -> google keys."""
-  from safetensors.numpy import load_file  # noqa: PLC0415
+def read_safetensors(path: str, *, num_heads: int) -> tuple[dict[str, np.ndarray], list[str]]:
+  """A timm or HF transformers ViT `.safetensors` -> ({google key: array}, unused torch keys).
 
-  if not epath.Path(path).exists():
-    raise FileNotFoundError(f"pretrained weights {path} not found; {HOW_TO_GET}")
-  t = {k.removeprefix("vit."): v for k, v in load_file(path).items()}
-  hd = width // num_heads
-  out = {}
+  Torch Linear weights are [out, in] and are transposed; conv weights OIHW become HWIO.
+  """
+  from safetensors.numpy import load as load_safetensors  # noqa: PLC0415
 
-  def heads_in(w, b):  # torch Linear [out, in] -> [D, H, Dh], [H, Dh]
-    return w.T.reshape(width, num_heads, hd), b.reshape(num_heads, hd)
-
-  timm = "cls_token" in t
-  if timm:
-    out["cls"], out["Transformer/posembed_input/pos_embedding"] = t["cls_token"], t["pos_embed"]
-    conv_w, conv_b = t["patch_embed.proj.weight"], t["patch_embed.proj.bias"]
-    norm = "norm"
+  tensors = load_safetensors(_existing(path).read_bytes())
+  if "vit.embeddings.cls_token" in tensors:  # HF ViTForImageClassification
+    tensors = {k.removeprefix("vit."): v for k, v in tensors.items()}
+  if "cls_token" in tensors:
+    names = _TIMM
+  elif "embeddings.cls_token" in tensors:
+    names = _HF
   else:
-    out["cls"] = t["embeddings.cls_token"]
-    out["Transformer/posembed_input/pos_embedding"] = t["embeddings.position_embeddings"]
-    conv_w = t["embeddings.patch_embeddings.projection.weight"]
-    conv_b = t["embeddings.patch_embeddings.projection.bias"]
-    norm = "layernorm"
-  out["embedding/kernel"], out["embedding/bias"] = conv_w.transpose(2, 3, 1, 0), conv_b
-  out["Transformer/encoder_norm/scale"] = t[f"{norm}.weight"]
-  out["Transformer/encoder_norm/bias"] = t[f"{norm}.bias"]
+    raise ValueError(f"{path}: neither a timm (`cls_token`) nor an HF (`embeddings.cls_token`) ViT")
+
+  def take(name: str) -> np.ndarray:
+    if name not in tensors:
+      raise KeyError(f"{path} has no {name!r}")
+    return tensors.pop(name)
+
+  out = {"cls": take(names["cls"]), POS_EMBEDDING: take(names["pos"])}
+  width = out["cls"].shape[-1]
+  if width % num_heads:
+    raise ValueError(f"{path}: width {width} is not divisible by the model's {num_heads} heads")
+  head_dim = width // num_heads
+  out["embedding/kernel"] = take(names["patch"] + ".weight").transpose(2, 3, 1, 0)  # OIHW->HWIO
+  out["embedding/bias"] = take(names["patch"] + ".bias")
+  out["Transformer/encoder_norm/scale"] = take(names["norm"] + ".weight")
+  out["Transformer/encoder_norm/bias"] = take(names["norm"] + ".bias")
   i = 0
-  while (f"blocks.{i}.norm1.weight" if timm else f"encoder.layer.{i}.layernorm_before.weight") in t:
-    b, a = (
-      f"Transformer/encoderblock_{i}",
-      f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1",
-    )
-    if timm:
-      s = f"blocks.{i}."
-      qkv_w, qkv_b = np.split(t[s + "attn.qkv.weight"], 3), np.split(t[s + "attn.qkv.bias"], 3)
-      names = dict(ln0="norm1", ln2="norm2", proj="attn.proj", fc1="mlp.fc1", fc2="mlp.fc2")
+  while (src := names["block"].format(i)) + names["ln_0"] + ".weight" in tensors:
+    dst = f"Transformer/encoderblock_{i}/"
+    attn = dst + "MultiHeadDotProductAttention_1/"
+    if names["qkv"]:  # fused [3D, D]: rows are [query; key; value]
+      weights = np.split(take(src + names["qkv"] + ".weight"), 3)
+      biases = np.split(take(src + names["qkv"] + ".bias"), 3)
     else:
-      s = f"encoder.layer.{i}."
-      qkv_w = [t[s + f"attention.attention.{n}.weight"] for n in ("query", "key", "value")]
-      qkv_b = [t[s + f"attention.attention.{n}.bias"] for n in ("query", "key", "value")]
-      names = dict(
-        ln0="layernorm_before",
-        ln2="layernorm_after",
-        proj="attention.output.dense",
-        fc1="intermediate.dense",
-        fc2="output.dense",
-      )
-    for n, w, bias in zip(("query", "key", "value"), qkv_w, qkv_b, strict=True):
-      out[f"{a}/{n}/kernel"], out[f"{a}/{n}/bias"] = heads_in(w, bias)
-    out[f"{a}/out/kernel"] = t[s + names["proj"] + ".weight"].T.reshape(num_heads, hd, width)
-    out[f"{a}/out/bias"] = t[s + names["proj"] + ".bias"]
-    for ln, name in (("LayerNorm_0", names["ln0"]), ("LayerNorm_2", names["ln2"])):
-      out[f"{b}/{ln}/scale"], out[f"{b}/{ln}/bias"] = t[s + name + ".weight"], t[s + name + ".bias"]
-    for dense, name in (("Dense_0", names["fc1"]), ("Dense_1", names["fc2"])):
-      out[f"{b}/MlpBlock_3/{dense}/kernel"] = t[s + name + ".weight"].T
-      out[f"{b}/MlpBlock_3/{dense}/bias"] = t[s + name + ".bias"]
+      qkv = [f"{src}attention.attention.{n}" for n in ("query", "key", "value")]
+      weights = [take(n + ".weight") for n in qkv]
+      biases = [take(n + ".bias") for n in qkv]
+    for name, weight, bias in zip(("query", "key", "value"), weights, biases, strict=True):
+      out[f"{attn}{name}/kernel"] = weight.T.reshape(width, num_heads, head_dim)
+      out[f"{attn}{name}/bias"] = bias.reshape(num_heads, head_dim)
+    out[attn + "out/kernel"] = take(src + names["out"] + ".weight").T.reshape(
+      num_heads, head_dim, width
+    )
+    out[attn + "out/bias"] = take(src + names["out"] + ".bias")
+    for google, torch in (("LayerNorm_0", "ln_0"), ("LayerNorm_2", "ln_2")):
+      out[f"{dst}{google}/scale"] = take(src + names[torch] + ".weight")
+      out[f"{dst}{google}/bias"] = take(src + names[torch] + ".bias")
+    for google, torch in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+      out[f"{dst}MlpBlock_3/{google}/kernel"] = take(src + names[torch] + ".weight").T
+      out[f"{dst}MlpBlock_3/{google}/bias"] = take(src + names[torch] + ".bias")
     i += 1
-  head = "head" if timm else "classifier"
-  if f"{head}.weight" in t:
-    out["head/kernel"], out["head/bias"] = t[f"{head}.weight"].T, t[f"{head}.bias"]
-  return out
+  if names["head"] + ".weight" in tensors:
+    out["head/kernel"] = take(names["head"] + ".weight").T
+    out["head/bias"] = take(names["head"] + ".bias")
+  return out, sorted(tensors)
 
 
-def resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
-  """[1, 1 + g*g, D] -> [1, num_tokens, D]: CLS row kept, the grid resized bilinearly."""
-  cls, grid = posemb[:, :1], posemb[0, 1:]
-  g_old, g_new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - 1)))
-  grid = grid.reshape(g_old, g_old, -1)
-  resized = jax.image.resize(grid, (g_new, g_new, grid.shape[-1]), "bilinear", antialias=False)
-  return np.concatenate([cls, np.asarray(resized).reshape(1, g_new * g_new, -1)], axis=1)
+def resize_pos_embedding(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
+  """[1, 1 + g*g, D] -> [1, num_tokens, D]: CLS row kept, the g x g grid zoomed bilinearly."""
+  cls, grid = posemb[:, :1], posemb[0, 1:]  # [1, 1, D], [g*g, D]
+  old, new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - 1)))
+  if old * old != len(grid) or new * new != num_tokens - 1:
+    raise ValueError(f"cannot resize a position embedding of {posemb.shape} to {num_tokens} tokens")
+  zoom = new / old
+  grid = scipy.ndimage.zoom(grid.reshape(old, old, -1), (zoom, zoom, 1), order=1)  # [new, new, D]
+  return np.concatenate([cls, grid.reshape(1, new * new, -1)], axis=1)
 
 
-def _flat(state) -> dict[str, np.ndarray]:
-  """nnx state -> {"encoderblock/0/LayerNorm_0/scale": array} (list indices as strings)."""
-  flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
-  return {"/".join(map(str, k)): v for k, v in flat.items()}
+def _assign(param: nnx.Param, array: np.ndarray) -> None:
+  """Writes `array` into `param`, keeping its dtype and (if any) its sharding."""
+  old = param[...]
+  array = np.asarray(array, old.dtype)
+  sharding = getattr(old, "sharding", None)
+  param[...] = jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
 
 
-def _unflat(flat: dict[str, np.ndarray]) -> dict:
-  keys = {k: tuple(int(p) if p.isdigit() else p for p in k.split("/")) for k in flat}
-  return traverse_util.unflatten_dict({keys[k]: v for k, v in flat.items()})
+def load_vit(model: ViT, path: str, *, keep_head: bool = False) -> list[str]:
+  """Loads pretrained weights into `model` in place (`.npz`: google; `.safetensors`: timm / HF).
 
+  `pre_logits` (representation layer) is never used. The head is loaded only when `keep_head` and
+  its shapes match; otherwise it stays as initialised (zeros). A position embedding of another
+  grid is resized; any other shape mismatch or missing backbone weight is an error.
 
-def load_vit(model, path: str, *, keep_head: bool = False) -> list[str]:
-  """Loads weights into `model` (a jaxcl ViT) in place; returns the checkpoint keys not used."""
-  state = nnx.state(model)
-  flat = _flat(state)
-  if str(path).endswith(".safetensors"):
-    width = flat["cls"].shape[-1]
-    heads = flat["encoderblock/0/MultiHeadDotProductAttention_1/query/kernel"].shape[1]
-    weights = read_safetensors(path, width, heads)
+  Returns:
+    The keys not transferred, sorted: checkpoint keys left unused (google names; unconverted torch
+    names for safetensors) and model keys left as initialised (only ever `head/*`).
+  """
+  suffix = epath.Path(path).suffix
+  params = vit_params(model)
+  if suffix == ".npz":
+    weights, skipped = read_npz(path), []
+  elif suffix == ".safetensors":
+    num_heads = model.blocks[0].attn.query.kernel.shape[1]
+    weights, skipped = read_safetensors(path, num_heads=num_heads)
   else:
-    weights = read_npz(path)
-  used = set()
-  for key, old in flat.items():
-    name = npz_key(key)
-    if name.startswith("head/") and not keep_head:
+    raise ValueError(f"{path}: expected a .npz (google) or .safetensors (timm/HF) ViT checkpoint")
+  for key, param in params.items():
+    if key.startswith("head/"):
       continue
-    if name not in weights:
-      raise KeyError(f"{path} has no {name!r} (needed for {key})")
-    new = np.asarray(weights[name], np.float32)
-    if name.endswith("pos_embedding") and new.shape != old.shape:
-      new = resize_posemb(new, old.shape[1])
-    if new.shape != old.shape:
-      raise ValueError(f"{path}: {name!r} has shape {new.shape}, the model expects {old.shape}")
-    flat[key] = new.astype(old.dtype)
-    used.add(name)
-  nnx.replace_by_pure_dict(state, _unflat(flat))
-  nnx.update(model, state)
-  unused = sorted(set(weights) - used)
-  if unused:
-    logging.info("load_vit(%s): %d checkpoint keys unused: %s", path, len(unused), unused[:8])
-  return unused
+    if key not in weights:
+      raise KeyError(f"{path} has no {key!r}, which the model needs; {HOW_TO_GET}")
+    array = np.asarray(weights.pop(key), np.float32)
+    if key == POS_EMBEDDING and array.shape != param.shape and array.shape[-1] == param.shape[-1]:
+      logging.info("load_vit: resizing %s from %s to %s", key, array.shape, param.shape)
+      array = resize_pos_embedding(array, param.shape[1])
+    if array.shape != param.shape:
+      raise ValueError(f"{path}: {key!r} has shape {array.shape}, the model expects {param.shape}")
+    _assign(param, array)
+  head = sorted(k for k in params if k.startswith("head/"))
+  head_fits = all(k in weights and weights[k].shape == params[k].shape for k in head)
+  if head and keep_head and head_fits:
+    for key in head:
+      _assign(params[key], weights.pop(key))
+  else:
+    skipped += head
+    if head and keep_head:
+      got = {k: weights[k].shape if k in weights else None for k in head}
+      logging.warning("load_vit(%s): head not loaded (checkpoint has %s)", path, got)
+  skipped = sorted(set(skipped) | set(weights))
+  if skipped:
+    logging.info("load_vit(%s): %d keys not transferred: %s", path, len(skipped), skipped)
+  return skipped
 
 
-def save_vit_npz(model, path: str, *, dtype=np.float32) -> None:
-  """Writes the ViT in the google pre-Linen `.npz` format (float16 allowed for compact files)."""
-  flat = _flat(nnx.state(model))
-  arrays = {npz_key(k): np.asarray(v).astype(dtype) for k, v in flat.items()}
-  p = epath.Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  with p.open("wb") as f:
+def save_vit_npz(model: ViT, path: str, *, dtype=np.float32) -> None:
+  """Writes `model` as a google pre-Linen `.npz` that `load_vit` reads back.
+
+  `dtype=np.float16` halves the file (the loader casts back to float32). The file is written
+  under a temporary name and then renamed, so a crash never leaves a truncated checkpoint.
+  """
+  arrays = {key: np.asarray(jax.device_get(p[...]), dtype) for key, p in vit_params(model).items()}
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / (target.name + ".tmp")
+  with tmp.open("wb") as f:
     np.savez(f, **arrays)
+  tmp.replace(target)

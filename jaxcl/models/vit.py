@@ -1,14 +1,16 @@
 """Vision Transformer (Dosovitskiy et al., ICLR 2021) in Flax NNX, with prompt and prefix hooks.
 
-Names follow the google vision_transformer checkpoints so `.npz` files load as they
-are (jaxcl/models/loading.py). Two prompt layouts exist in the reference code:
+Pre-LN encoder, CLS token, learned position embeddings, as the google vision_transformer code;
+jaxcl/models/loading.py maps its `.npz` names onto these attributes. Two prompt layouts exist in
+the reference code (research/prompt_cil.md §0, "Prompt vs prefix"):
 
-- `prepend_after_pos` (google-research/l2p, the official L2P): position embeddings
-  are added to [CLS, patches], then prompts are prepended: [prompts, CLS, patches].
-- `after_cls_before_pos` (the PyTorch ports, PILOT): [CLS, prompts, patches], and
-  the prompts receive a copy of the CLS position embedding.
+- `prepend_after_pos` (google-research/l2p, official L2P): position embeddings are added to
+  [CLS, patches], then prompts are prepended: [prompts, CLS, patches]; prompts get no pos-emb.
+- `after_cls_before_pos` (the PyTorch ports, PILOT): [CLS, prompts, patches], and the prompts
+  receive a copy of the CLS position embedding.
 
-Prefix-tuning (DualPrompt, CODA-Prompt) passes `prefix={layer: (k, v)}`.
+Prefix-tuning (DualPrompt, CODA-Prompt) passes `prefix={layer: (k, v)}`: projected keys and
+values prepended inside that block's attention (jaxcl/models/layers.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcl.models.layers import MlpBlock, MultiHeadAttention
+from jaxcl.models.layers import MlpBlock, MultiHeadAttention, layer_norm
 
 VARIANTS = {
   "mu": dict(width=96, depth=4, mlp_dim=384, num_heads=3),
@@ -25,34 +27,35 @@ VARIANTS = {
   "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
   "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
 }
+PROMPT_LAYOUTS = ("prepend_after_pos", "after_cls_before_pos")
 
 
 def parse_variant(variant: str) -> tuple[dict, int]:
-  """ "B/16" -> (widths of ViT-B, patch 16)."""
+  """`"B/16"` -> (dimensions of ViT-B, patch size 16); also `"Ti/4"`, `"mu/4"`, ..."""
   name, _, patch = variant.partition("/")
-  if name not in VARIANTS or not patch.isdigit():
-    raise ValueError(f"model.variant={variant!r}: use <{'|'.join(VARIANTS)}>/<patch>, e.g. B/16")
-  return VARIANTS[name], int(patch)
+  if name not in VARIANTS or not patch.isdigit() or int(patch) == 0:
+    raise ValueError(f"model variant {variant!r}: use <{'|'.join(VARIANTS)}>/<patch>, e.g. B/16")
+  return dict(VARIANTS[name]), int(patch)
 
 
 class EncoderBlock(nnx.Module):
-  def __init__(self, width, mlp_dim, num_heads, *, dtype, rngs):
-    self.LayerNorm_0 = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.MultiHeadDotProductAttention_1 = MultiHeadAttention(width, num_heads, rngs=rngs)
-    self.LayerNorm_2 = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.MlpBlock_3 = MlpBlock(width, mlp_dim, dtype=dtype, rngs=rngs)
-    self.dtype = dtype
+  """Pre-LN transformer block: x + attn(ln_0(x)), then x + mlp(ln_2(x))."""
 
-  def __call__(self, x, prefix=None):
-    pk, pv = prefix if prefix is not None else (None, None)
-    y = self.MultiHeadDotProductAttention_1(
-      self.LayerNorm_0(x), prefix_k=pk, prefix_v=pv, dtype=self.dtype
-    )
-    x = x + y
-    return x + self.MlpBlock_3(self.LayerNorm_2(x))
+  def __init__(self, width: int, mlp_dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+    self.ln_0 = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.attn = MultiHeadAttention(width, num_heads, dtype=dtype, rngs=rngs)
+    self.ln_2 = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.mlp = MlpBlock(width, mlp_dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, prefix=None):  # [B, T, D] -> [B, T, D]
+    prefix_k, prefix_v = (None, None) if prefix is None else prefix
+    x = x + self.attn(self.ln_0(x), prefix_k=prefix_k, prefix_v=prefix_v)
+    return x + self.mlp(self.ln_2(x))
 
 
 class ViT(nnx.Module):
+  """ViT backbone (+ optional zero-initialised linear head); parameters stay float32."""
+
   def __init__(
     self,
     *,
@@ -67,29 +70,23 @@ class ViT(nnx.Module):
     rngs: nnx.Rngs,
     dtype=jnp.float32,
   ):
-    grid = image_size // patch
-    self.patch, self.dtype = patch, dtype
+    if image_size % patch:
+      raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
+    num_patches = (image_size // patch) ** 2
+    self.dtype = dtype
     self.embedding = nnx.Conv(
-      channels,
-      width,
-      (patch, patch),
-      strides=(patch, patch),
-      padding="VALID",
-      dtype=dtype,
-      rngs=rngs,
-    )
-    self.cls = nnx.Param(jnp.zeros((1, 1, width)))
-    self.pos_embedding = nnx.Param(
-      nnx.initializers.normal(0.02)(rngs.params(), (1, 1 + grid * grid, width))
-    )
-    self.encoderblock = nnx.List(
+      channels, width, (patch, patch), strides=patch, padding="VALID", dtype=dtype, rngs=rngs
+    )  # kernel [P, P, C, D]
+    self.cls = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
+    pos_init = nnx.initializers.normal(0.02)
+    self.pos_embedding = nnx.Param(pos_init(rngs.params(), (1, 1 + num_patches, width)))
+    self.blocks = nnx.List(
       [EncoderBlock(width, mlp_dim, num_heads, dtype=dtype, rngs=rngs) for _ in range(depth)]
     )
-    self.encoder_norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    if num_classes:
-      self.head = nnx.Linear(
-        width, num_classes, kernel_init=nnx.initializers.zeros_init(), rngs=rngs
-      )
+    self.encoder_norm = layer_norm(width, dtype=dtype, rngs=rngs)
+    if num_classes > 0:  # logits in float32: the head is small and feeds the loss.
+      zeros = nnx.initializers.zeros_init()
+      self.head = nnx.Linear(width, num_classes, kernel_init=zeros, rngs=rngs)
 
   def __call__(
     self,
@@ -99,37 +96,54 @@ class ViT(nnx.Module):
     prompt_layout: str = "prepend_after_pos",
     prefix: dict | None = None,
   ) -> dict:
-    """images [B, H, W, C] (already scaled) -> dict of features (see module docstring)."""
+    """Encodes images [B, H, W, C] (already scaled) into a dict of features.
+
+    Args:
+      images: [B, H, W, C] float.
+      prompts: [B, P, D] prompt tokens, or None.
+      prompt_layout: where prompts go, one of PROMPT_LAYOUTS (see the module docstring).
+      prefix: {layer_index: (k [B, P', H, Dh], v [B, P', H, Dh])}, or None.
+
+    Returns:
+      "cls" [B, D]: post-`encoder_norm` CLS output; "pre_logits": the same (no representation
+      layer); "prompt_mean" [B, D]: mean post-norm output over the prompt positions (None without
+      prompts); "tokens" [B, T, D]: all post-norm outputs; "logits" [B, classes] if there is a head.
+    """
+    if prompt_layout not in PROMPT_LAYOUTS:
+      raise ValueError(f"prompt_layout={prompt_layout!r}: use one of {PROMPT_LAYOUTS}")
+    prefix = prefix or {}
+    if set(prefix) - set(range(len(self.blocks))):
+      raise ValueError(f"prefix layers {sorted(prefix)} outside 0..{len(self.blocks) - 1}")
     x = self.embedding(images.astype(self.dtype))  # [B, h, w, D]
     b, h, w, d = x.shape
-    x = x.reshape(b, h * w, d)
-    cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, d))
-    pos = self.pos_embedding[...].astype(x.dtype)  # [1, 1 + N, D]
+    x = x.reshape(b, h * w, d)  # [B, N, D]
+    cls = jnp.broadcast_to(self.cls[...].astype(self.dtype), (b, 1, d))  # [B, 1, D]
+    pos = self.pos_embedding[...].astype(self.dtype)  # [1, 1 + N, D]
     num_prompts = 0 if prompts is None else prompts.shape[1]
-    if prompts is None:
-      x = jnp.concatenate([cls, x], axis=1) + pos
-      cls_index = 0
+    cls_index, prompt_start = 0, 0
+    if num_prompts == 0:
+      x = jnp.concatenate([cls, x], axis=1) + pos  # [B, 1 + N, D]
     elif prompt_layout == "prepend_after_pos":
-      x = jnp.concatenate([prompts.astype(x.dtype), jnp.concatenate([cls, x], axis=1) + pos], 1)
-      cls_index, prompt_slice = num_prompts, slice(0, num_prompts)
-    elif prompt_layout == "after_cls_before_pos":
-      pos = jnp.concatenate([pos[:, :1], jnp.repeat(pos[:, :1], num_prompts, 1), pos[:, 1:]], 1)
-      x = jnp.concatenate([cls, prompts.astype(x.dtype), x], axis=1) + pos
-      cls_index, prompt_slice = 0, slice(1, 1 + num_prompts)
-    else:
-      raise ValueError(f"prompt_layout={prompt_layout!r}: prepend_after_pos | after_cls_before_pos")
-    prefix = prefix or {}
-    for i, block in enumerate(self.encoderblock):
+      x = jnp.concatenate([cls, x], axis=1) + pos  # [B, 1 + N, D]
+      x = jnp.concatenate([prompts.astype(self.dtype), x], axis=1)  # [B, P + 1 + N, D]
+      cls_index, prompt_start = num_prompts, 0
+    else:  # after_cls_before_pos
+      pos_cls = pos[:, :1]  # [1, 1, D]
+      pos = jnp.concatenate([pos_cls, jnp.repeat(pos_cls, num_prompts, axis=1), pos[:, 1:]], 1)
+      x = jnp.concatenate([cls, prompts.astype(self.dtype), x], axis=1) + pos  # [B, 1 + P + N, D]
+      cls_index, prompt_start = 0, 1
+    for i, block in enumerate(self.blocks):
       x = block(x, prefix.get(i))
     tokens = self.encoder_norm(x)  # [B, T, D]
+    prompt_tokens = tokens[:, prompt_start : prompt_start + num_prompts]  # [B, P, D]
     out = {
       "cls": tokens[:, cls_index],
       "pre_logits": tokens[:, cls_index],
+      "prompt_mean": prompt_tokens.mean(axis=1) if num_prompts else None,
       "tokens": tokens,
-      "prompt_mean": tokens[:, prompt_slice].mean(1) if num_prompts else None,
     }
     if hasattr(self, "head"):
-      out["logits"] = self.head(out["pre_logits"])
+      out["logits"] = self.head(out["pre_logits"].astype(jnp.float32))  # [B, classes]
     return out
 
 
@@ -142,9 +156,8 @@ def from_variant(
   rngs: nnx.Rngs,
   dtype=jnp.float32,
 ) -> ViT:
+  """A ViT of a named variant, e.g. `from_variant("B/16", image_size=224, rngs=nnx.Rngs(0))`."""
   dims, patch = parse_variant(variant)
-  if image_size % patch:
-    raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
   return ViT(
     **dims,
     patch=patch,
