@@ -10,14 +10,6 @@ FT", ViT-B/16): 93.8 on CIFAR-100, 86.6 on ImageNet-R.
 from jaxcl import config_lib
 
 
-def paper(c):
-  c.optim.update(
-    name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine", clip_norm=0.0
-  )
-  c.data.batch_size = 128
-  c.train.epochs = 5.0
-
-
 def default(c):
   c.optim.update(name="adam", lr=1e-4, clip_norm=1.0, schedule="cosine")
   c.train.epochs = 1.0
@@ -41,6 +33,9 @@ def get_config(arg=None):
   c.method.train_mask = "none"
   c.method.zero_head = True
   presets = config_lib.cil_presets(
-    default=default, cifar100=paper, imagenet_r=paper, scratch_fmnist=scratch_fmnist
+    default=default,
+    cifar100=config_lib.sgd_finetune,
+    imagenet_r=config_lib.sgd_finetune,
+    scratch_fmnist=scratch_fmnist,
   )
   return config_lib.choose_preset(c, arg, presets)

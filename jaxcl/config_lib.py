@@ -192,6 +192,16 @@ def imagenet_r(c: ConfigDict) -> None:
   c.data.init_classes = c.data.increment = 20
 
 
+def sgd_finetune(c: ConfigDict) -> None:
+  """RevisitingCIL's `aper_finetune` recipe: SGD momentum 0.9, lr 0.01, wd 5e-4, cosine,
+  batch 128, 5 epochs per task (used by the full fine-tuning paper presets)."""
+  c.optim.update(
+    name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine", clip_norm=0.0
+  )
+  c.data.batch_size = 128
+  c.train.epochs = 5.0
+
+
 def compose(*fns: Callable[[ConfigDict], None]) -> Callable[[ConfigDict], None]:
   def apply(c: ConfigDict) -> None:
     for fn in fns:
