@@ -125,3 +125,12 @@ def test_resume_with_another_config_is_refused(tmp_path):
   run(tmp_path)
   with pytest.raises(ValueError, match="optim.lr"):
     run(tmp_path, **{"optim.lr": 0.5})
+
+
+def test_every_task_boundary_checkpoint_is_kept_even_without_gradient_steps(tmp_path):
+  from jaxcl import checkpoint  # noqa: PLC0415
+
+  run(tmp_path, "simplecil", **{"data.num_classes": 6})
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+  assert len(ckpt.steps()) == 3
+  ckpt.close()

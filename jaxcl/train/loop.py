@@ -140,8 +140,11 @@ def run(config, workdir: str) -> dict:
       "class_order": [int(c) for c in bench.class_order],
       "jaxcl_version": report.version(),
     }
+    # Checkpoint ids grow with every save, also across tasks that take no gradient step
+    # (SimpleCIL): a save inside task t is step + t, the end of task t is step + t + 1.
+    ckpt_id = int(state.step) + progress["task"] + int(keep_forever)
     ckpt.save(
-      int(state.step), state, data_state=data_state, meta=meta, keep_forever=keep_forever, wait=wait
+      ckpt_id, state, data_state=data_state, meta=meta, keep_forever=keep_forever, wait=wait
     )
 
   first_task = progress["task"] + (1 if progress["phase"] == "done" else 0)
