@@ -20,11 +20,7 @@ def default(c):
 
 def scratch_fmnist(c):
   """Engine sanity check: a small ViT trained from scratch on Split Fashion-MNIST."""
-  config_lib.fmnist(c)
-  c.model.variant = "mu/4"
-  c.model.init = ""
-  c.method.zero_head = False
-  c.optim.update(name="adam", lr=1e-3)
+  config_lib.scratch_fmnist(c)
   c.train.epochs = 1.0
 
 

@@ -17,11 +17,8 @@ def default(c):
 
 def scratch_fmnist(c):
   """Engine sanity check: a small ViT from scratch on all of Fashion-MNIST (>= 85% expected)."""
-  config_lib.fmnist(c)
-  c.model.variant = "mu/4"
-  c.model.init = ""
-  c.method.zero_head = False
-  c.optim.update(name="adam", lr=1e-3, schedule="cosine")
+  config_lib.scratch_fmnist(c)
+  c.optim.schedule = "cosine"
   c.train.epochs = 3.0
 
 

@@ -192,6 +192,15 @@ def imagenet_r(c: ConfigDict) -> None:
   c.data.init_classes = c.data.increment = 20
 
 
+def scratch_fmnist(c: ConfigDict) -> None:
+  """Engine sanity check: Split Fashion-MNIST with a small ViT (mu/4) trained from scratch."""
+  fmnist(c)
+  c.model.variant = "mu/4"
+  c.model.init = ""
+  c.method.zero_head = False
+  c.optim.update(name="adam", lr=1e-3)
+
+
 def sgd_finetune(c: ConfigDict) -> None:
   """RevisitingCIL's `aper_finetune` recipe: SGD momentum 0.9, lr 0.01, wd 5e-4, cosine,
   batch 128, 5 epochs per task (used by the full fine-tuning paper presets)."""
