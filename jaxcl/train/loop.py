@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +149,7 @@ def run(config, workdir: str) -> dict:
       ckpt_id, state, data_state=data_state, meta=meta, keep_forever=keep_forever, wait=wait
     )
 
+  run_ctx = RunContext(config, train_step, bench, writer, schedule, batch_sh, stop, save)
   first_task = progress["task"] + (1 if progress["phase"] == "done" else 0)
   try:
     for t in range(first_task, len(tasks)):
@@ -160,21 +163,7 @@ def run(config, workdir: str) -> dict:
         progress.update(task=t, step_in_task=0, phase="train")
         data_state = None
       if steps[t]:
-        state, data_state = train_task(
-          config,
-          state,
-          train_step,
-          bench,
-          task,
-          steps[t],
-          data_state,
-          progress,
-          writer,
-          schedule,
-          batch_sh,
-          stop,
-          save,
-        )
+        state, data_state = train_task(run_ctx, state, task, steps[t], data_state, progress)
       state = method.after_task(state, env)
       row = evaluate.evaluate_seen(
         eval_step,
@@ -220,22 +209,24 @@ def run(config, workdir: str) -> dict:
   return results
 
 
-def train_task(
-  config,
-  state,
-  train_step,
-  bench,
-  task,
-  num_steps,
-  data_state,
-  progress,
-  writer,
-  schedule,
-  batch_sh,
-  stop,
-  save,
-):
+class RunContext(NamedTuple):
+  """What stays fixed over a run and the step loop of every task needs."""
+
+  config: Any
+  train_step: Callable
+  bench: benchmark.Benchmark
+  writer: writers.MetricWriter
+  schedule: Callable  # optax schedule, for logging the learning rate
+  batch_sharding: Any
+  stop: dict  # {"signal": None | signum}, set by the SIGTERM handler
+  save: Callable  # save(state, data_state, *, keep_forever, wait)
+
+
+def train_task(ctx: RunContext, state, task, num_steps: int, data_state, progress: dict):
   """Runs the steps of one task from `progress["step_in_task"]`; returns (state, data_state)."""
+  config, bench, stop = ctx.config, ctx.bench, ctx.stop
+  train_step, writer, schedule, save = ctx.train_step, ctx.writer, ctx.schedule, ctx.save
+  batch_sh = ctx.batch_sharding
   t = progress["task"]
   it = pipeline.TrainIterator(
     bench.train,
