@@ -19,16 +19,16 @@ def default(c):
   c.data.image_size = 32
   c.data.train_aug = "none"
   c.data.batch_size = 128
-  c.data.max_train_per_class = 120  # of the 300 rendered per class (2-core CPU budget)
+  c.data.max_train_per_class = 240  # of the 300 rendered per class (2-core CPU budget)
   c.data.max_test_per_class = 20
   c.model.variant = config_lib.EMBEDDED_VARIANT
   c.model.init = ""
   c.method.zero_head = False
   c.optim.update(
-    name="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_steps=200, clip_norm=1.0
+    name="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_steps=500, clip_norm=1.0
   )
   c.train.epochs = 1.0
-  c.train.log_every_steps = 100
+  c.train.log_every_steps = 200
   c.checkpoint.every_steps = 1000
   c.export_backbone = "jaxcl/assets/vit_glyphs.npz"
 

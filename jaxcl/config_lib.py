@@ -69,6 +69,7 @@ def base_config() -> ConfigDict:
   c.optim.momentum = 0.9  # sgd
   c.optim.weight_decay = 0.0
   c.optim.clip_norm = 1.0  # 0 = no clipping
+  c.optim.clip_scope = "trainable"  # trainable | all (norm over frozen params too: official l2p)
   c.optim.schedule = "constant"  # constant | cosine | coda_cosine (per task)
   c.optim.warmup_steps = 0
   c.optim.reset_per_task = True  # re-create the optimizer state at every task

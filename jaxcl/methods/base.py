@@ -35,12 +35,16 @@ class TaskEnv(NamedTuple):
   `scan_train(state, fn)` runs the jitted `fn(model, extra, batch, ctx) -> extra`
   over one pass of the task's training data (with the *eval* transform, as
   prototype methods do) and returns the state with the new `extra`.
+  `edit(state, fn)` runs the jitted `fn(model, extra, ctx) -> extra` once; `fn` may
+  also assign to the model's variables (prompt re-initialisation, copies), and the
+  state comes back with the edited parameters.
   """
 
   index: int
   num_tasks: int
   classes: Any  # np.ndarray of the task's (remapped) class ids
   scan_train: Callable
+  edit: Callable
 
 
 def keep(state, env):
@@ -59,6 +63,23 @@ class Method(NamedTuple):
   joint: bool = False  # train on all classes as one task (upper bound)
 
 
+def linear_head(width: int, num_classes: int, init: str, rngs: nnx.Rngs) -> nnx.Linear:
+  """The classifier: `zeros` (google-research/l2p), `lecun` (flax), or `torch` (nn.Linear's
+  U(+-1/sqrt(fan_in)) for kernel and bias, as CODA-Prompt's head)."""
+  if init == "zeros":
+    return nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+  if init == "lecun":
+    return nnx.Linear(width, num_classes, rngs=rngs)
+  if init == "torch":
+    bound = width**-0.5
+    bias = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound
+    )
+    kernel = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    return nnx.Linear(width, num_classes, kernel_init=kernel, bias_init=bias, rngs=rngs)
+  raise ValueError(f"head init {init!r}: use zeros | lecun | torch")
+
+
 class Learner(nnx.Module):
   """A backbone with a linear head over all classes of the benchmark (fixed shape)."""
 
@@ -67,8 +88,7 @@ class Learner(nnx.Module):
   ):
     self.backbone = backbone
     width = backbone.cls.shape[-1]
-    init = nnx.initializers.zeros_init() if zero_head else nnx.initializers.lecun_normal()
-    self.head = nnx.Linear(width, num_classes, kernel_init=init, rngs=rngs)
+    self.head = linear_head(width, num_classes, "zeros" if zero_head else "lecun", rngs)
 
 
 def build_backbone(config, rngs: nnx.Rngs) -> vit.ViT:
@@ -93,6 +113,11 @@ def resolve_init(path: str) -> str:
 
     return assets.embedded_vit_path()
   return path
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along the last axis."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:

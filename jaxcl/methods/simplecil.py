@@ -16,10 +16,6 @@ from flax import nnx
 from jaxcl.methods import base
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def make(config) -> base.Method:
   del config
 
@@ -40,7 +36,7 @@ def make(config) -> base.Method:
     del ctx
     feats = model(images)["pre_logits"].astype(jnp.float32)  # [B, D]
     protos = extra["sums"] / jnp.maximum(extra["counts"], 1.0)[:, None]  # [C, D]
-    return l2_normalize(feats) @ l2_normalize(protos).T, {}  # [B, C] cosine
+    return base.l2_normalize(feats) @ base.l2_normalize(protos).T, {}  # [B, C] cosine
 
   def after_task(state, env: base.TaskEnv):
     return env.scan_train(state, accumulate)

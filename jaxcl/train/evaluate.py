@@ -17,8 +17,12 @@ def task_mask(classes: np.ndarray, num_classes: int) -> np.ndarray:
 def evaluate_seen(
   eval_step, state, bench, tasks, *, global_batch: int, sharding, num_threads: int
 ) -> dict:
-  """Class-IL and task-IL accuracy (percent) per seen task, counts, and prompt usage."""
-  acc, task_il, counts, usage = [], [], [], None
+  """Class-IL and task-IL accuracy (percent) per seen task, counts, and prompt usage.
+
+  `prompt_usage` is, per seen task, how often each prompt id was selected for its test
+  samples (None for methods without prompt selection).
+  """
+  acc, task_il, counts, usage = [], [], [], []
   for task in tasks:
     repl = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
     mask = jax.device_put(task_mask(task.classes, bench.num_classes), repl)
@@ -39,10 +43,5 @@ def evaluate_seen(
     acc.append(100.0 * float(sums["correct"]) / max(n, 1))
     task_il.append(100.0 * float(sums["task_il_correct"]) / max(n, 1))
     if "prompt_counts" in sums:
-      usage = sums["prompt_counts"] if usage is None else usage + sums["prompt_counts"]
-  return {
-    "acc": acc,
-    "task_il": task_il,
-    "counts": counts,
-    "prompt_usage": None if usage is None else [int(u) for u in usage],
-  }
+      usage.append([int(u) for u in sums["prompt_counts"]])
+  return {"acc": acc, "task_il": task_il, "counts": counts, "prompt_usage": usage or None}

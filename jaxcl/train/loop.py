@@ -76,8 +76,14 @@ def run(config, workdir: str) -> dict:
   state = jax.device_put(state, repl)
   state_sh = jax.tree.map(lambda _: repl, state)
   common = dict(scale=config.data.scale, state_sharding=state_sh, batch_sharding=batch_sh)
+  clip_all = config.optim.clip_norm if config.optim.clip_scope == "all" else 0.0
   train_step = step_lib.make_train_step(
-    method, graphdef, tx, skip_nonfinite=config.train.nan_policy == "skip", **common
+    method,
+    graphdef,
+    tx,
+    skip_nonfinite=config.train.nan_policy == "skip",
+    clip_all=clip_all,
+    **common,
   )
   eval_step = step_lib.make_eval_step(
     method, graphdef, mask_unseen=config.eval.mask_unseen, **common
@@ -85,7 +91,14 @@ def run(config, workdir: str) -> dict:
   begin_task = step_lib.make_begin_task(
     tx, reset_opt=config.optim.reset_per_task, state_sharding=state_sh
   )
-  feature_steps = {}
+  feature_steps, edit_steps = {}, {}
+
+  def edit(state, fn):
+    if fn not in edit_steps:
+      edit_steps[fn] = step_lib.make_edit_step(
+        fn, graphdef, method.trainable, state_sharding=state_sh
+      )
+    return edit_steps[fn](state)
 
   def scan_train(state, fn, task):
     if fn not in feature_steps:
@@ -154,7 +167,9 @@ def run(config, workdir: str) -> dict:
   try:
     for t in range(first_task, len(tasks)):
       task = tasks[t]
-      env = TaskEnv(t, len(tasks), task.classes, lambda s, fn, task=task: scan_train(s, fn, task))
+      env = TaskEnv(
+        t, len(tasks), task.classes, lambda s, fn, task=task: scan_train(s, fn, task), edit
+      )
       if progress["phase"] != "train" or progress["task"] != t:  # a fresh task
         seen = np.arange(num_classes) <= int(task.classes.max())
         current = evaluate.task_mask(task.classes, num_classes)

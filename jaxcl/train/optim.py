@@ -35,7 +35,7 @@ def make_schedule(optim, base_lr: float, steps_per_task: int) -> optax.Schedule:
 
 def make_optimizer(optim, schedule: optax.Schedule) -> optax.GradientTransformation:
   parts = []
-  if optim.clip_norm > 0:
+  if optim.clip_norm > 0 and optim.clip_scope == "trainable":  # "all": the train step clips
     parts.append(optax.clip_by_global_norm(optim.clip_norm))
   if optim.name == "adam":
     parts.append(optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
@@ -53,4 +53,6 @@ def make_optimizer(optim, schedule: optax.Schedule) -> optax.GradientTransformat
     parts.append(optax.sgd(schedule, momentum=optim.momentum or None))
   else:
     raise ValueError(f"optim.name={optim.name!r}: use adam | adamw | sgd")
+  if optim.clip_scope not in ("trainable", "all"):
+    raise ValueError(f"optim.clip_scope={optim.clip_scope!r}: use trainable | all")
   return optax.chain(*parts)

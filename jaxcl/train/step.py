@@ -40,19 +40,34 @@ def make_train_step(
   skip_nonfinite: bool,
   state_sharding,
   batch_sharding,
+  clip_all: float = 0.0,
 ) -> Callable:
-  """`train_step(state, batch) -> (state, metrics)`; metrics stay on device."""
+  """`train_step(state, batch) -> (state, metrics)`; metrics stay on device.
+
+  `clip_all > 0` clips the trainable gradients by the global norm of the gradients of *all*
+  parameters, frozen ones included, as google-research/l2p does (its frozen backbone gets
+  gradients that only an lr of 0 keeps from being applied); this costs the backbone's weight
+  gradients. The optimizer must then not clip again.
+  """
 
   def train_step(state: LearnerState, batch: dict):
     TRACES["train"] += 1
     ctx = _ctx(state, jax.random.fold_in(state.rng, state.step))
     batch = _scaled(batch, scale)
 
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.frozen)
+    def loss_fn(params, frozen):
+      model = nnx.merge(graphdef, params, frozen)
       return method.loss(model, state.extra, batch, ctx)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if clip_all > 0:
+      grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+      (loss, aux), (grads, frozen_grads) = grad_fn(state.params, state.frozen)
+      norm = optax.tree.norm((grads, frozen_grads))
+      factor = jnp.minimum(1.0, clip_all / (norm + 1e-6))  # l2 train_continual.py
+      grads = jax.tree.map(lambda g: g * factor, grads)
+    else:
+      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+      (loss, aux), grads = grad_fn(state.params, state.frozen)
     extra = aux.pop("extra", state.extra)
     updates, opt = tx.update(grads, state.opt, state.params)
     new = state.replace(
@@ -114,6 +129,20 @@ def make_feature_step(
     in_shardings=(state_sharding, batch_sharding),
     out_shardings=state_sharding,
   )
+
+
+def make_edit_step(fn: Callable, graphdef, trainable, *, state_sharding) -> Callable:
+  """`edit_step(state) -> state`: `extra = fn(model, extra, ctx)`, where `fn` may also assign
+  to the model's variables; the edited model is split back into params and frozen."""
+
+  def edit_step(state: LearnerState):
+    TRACES["edit"] += 1
+    model = nnx.merge(graphdef, state.params, state.frozen)
+    extra = fn(model, state.extra, _ctx(state, jax.random.fold_in(state.rng, state.task)))
+    _, params, frozen = nnx.split(model, trainable, ...)
+    return state.replace(params=params, frozen=frozen, extra=extra)
+
+  return jax.jit(edit_step, donate_argnums=0, out_shardings=state_sharding)
 
 
 def make_begin_task(
