@@ -9,7 +9,9 @@ Configs are locked by `jaxcl.main`, so an unknown key or a mistyped value in
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 from collections.abc import Callable
 
 import ml_collections
@@ -124,6 +126,23 @@ def smoke(config: ConfigDict) -> None:
   config.train.epochs = 1.0
   config.train.steps_per_task = 2
   config.train.log_every_steps = 1
+
+
+def load(path: str, preset: str | None = None, **overrides) -> ConfigDict:
+  """`configs/<name>.py:<preset>` as `jaxcl.main` sees it (locked), then dotted `overrides`."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"jaxcl_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(preset)
+  config.lock()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
 
 
 def fingerprint(config: ConfigDict) -> str:
