@@ -12,67 +12,21 @@ compare ratios within one run.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+import learner
 from flax import nnx
 
-from jaxcl import config_lib, methods
 from jaxcl.data.transforms import scale_images
 from jaxcl.methods import prompts
-from jaxcl.train import optim
-from jaxcl.train import state as state_lib
-from jaxcl.train import step as step_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = {"finetune": "finetune", "l2p": "l2p", "dualprompt": "dualprompt", "coda": "coda_prompt"}
-NUM_CLASSES = 100
-
-
-def _time(fn, steps: int) -> float:
-  """Seconds per call after one warm-up call (which compiles)."""
-  jax.block_until_ready(fn())
-  start = time.perf_counter()
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps
 
 
 def bench(config_name: str, variant: str, image_size: int, batch: int, steps: int) -> dict:
-  config = config_lib.load(
-    os.path.join(ROOT, "configs", f"{config_name}.py"),
-    "cifar100",
-    **{"model.variant": variant, "model.init": "", "data.image_size": image_size},
-  )
-  method = methods.get(config.method.name).make(config)
-  model = method.build(config, NUM_CLASSES, nnx.Rngs(0))
-  schedule = optim.make_schedule(config.optim, 1e-3, 100)
-  tx = optim.make_optimizer(config.optim, schedule)
-  graphdef, state = state_lib.init_state(
-    model, method.trainable, tx, method.init_extra(model, NUM_CLASSES), NUM_CLASSES, 0
-  )
-  state = state.replace(seen=jnp.arange(NUM_CLASSES) < 10, current=jnp.arange(NUM_CLASSES) < 10)
-  rng = np.random.default_rng(0)
-  data = {
-    "image": jnp.asarray(rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)),
-    "label": jnp.asarray(rng.integers(0, 10, (batch,)), jnp.int32),
-    "mask": jnp.ones((batch,), bool),
-  }
-  clip_all = config.optim.clip_norm if config.optim.clip_scope == "all" else 0.0
-  train = step_lib.make_train_step(
-    method,
-    graphdef,
-    tx,
-    scale=config.data.scale,
-    skip_nonfinite=False,
-    state_sharding=None,
-    batch_sharding=None,
-    clip_all=clip_all,
+  overrides = {"model.variant": variant, "model.init": "", "data.image_size": image_size}
+  config, _, graphdef, state, train, data = learner.build(
+    config_name, "cifar100", overrides, batch=batch
   )
   holder = {"state": state}
 
@@ -80,11 +34,11 @@ def bench(config_name: str, variant: str, image_size: int, batch: int, steps: in
     holder["state"], metrics = train(holder["state"], data)
     return metrics["loss"]
 
-  step_s = _time(one_step, steps)
+  step_s = learner.seconds_per_call(one_step, steps)
   vit = nnx.merge(graphdef, holder["state"].params, holder["state"].frozen)
   vit = vit.backbone if hasattr(vit, "backbone") else vit
   query = nnx.jit(lambda v, x: prompts.query(v, scale_images(x, config.data.scale)))
-  query_s = _time(lambda: query(vit, data["image"]), steps)
+  query_s = learner.seconds_per_call(lambda: query(vit, data["image"]), steps)
   return {"ex_s": batch / step_s, "step_s": step_s, "query_s": query_s}
 
 

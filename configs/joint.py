@@ -11,8 +11,9 @@ from jaxcl import config_lib
 
 
 def default(c):
-  c.optim.update(name="adam", lr=1e-4, clip_norm=1.0, schedule="cosine")
-  c.train.epochs = 1.0
+  """Three epochs over all 100 classes, Adam 1e-4 with warmup and cosine decay."""
+  c.optim.update(name="adam", lr=1e-4, clip_norm=1.0, schedule="cosine", warmup_steps=50)
+  c.train.epochs = 3.0
 
 
 def scratch_fmnist(c):

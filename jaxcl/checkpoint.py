@@ -19,6 +19,8 @@ import dataclasses
 import os
 from typing import Any, NamedTuple
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -141,6 +143,14 @@ class Checkpointer:
     if wait:
       self.wait()
 
+  def reached_preemption(self, step: int) -> bool:
+    """True on every host at the step all hosts agreed to save at after a preemption notice.
+
+    Multi-process only (JAX's preemption sync service, on by default on TPU pods); False when
+    the job is a single process. Call it at every step.
+    """
+    return self._mgr.reached_preemption(step)
+
   def wait(self) -> None:
     """Blocks until async saves (and the deletions of stale steps) are committed."""
     self._mgr.wait_until_finished()
@@ -187,6 +197,20 @@ class Checkpointer:
       f"no good checkpoint in {self.directory}: tried steps {[e[0] for e in errors]}, all failed;"
       " nothing was deleted.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
     )
+
+  def read_state(self, step: int | None = None):
+    """The learner state of `step` (default: the newest committed) as host numpy arrays.
+
+    For inspecting and comparing checkpoints without building the model; no fallback.
+    """
+    self.wait()
+    step = self.steps()[-1] if step is None else step
+    meta = self._mgr.item_metadata(step)["state"]
+    target = jax.tree.map(
+      lambda m: np.zeros(m.shape, m.dtype), meta, is_leaf=lambda m: hasattr(m, "shape")
+    )
+    r = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return r.state
 
   def close(self) -> None:
     self.wait()

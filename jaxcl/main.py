@@ -44,9 +44,14 @@ def main(argv) -> None:
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
   logging.info("config %s:%s -> workdir %s", config.name, config.preset, workdir)
-  from jaxcl.train import loop  # noqa: PLC0415  (after flags: grain workers read absl flags)
+  # After the flags are parsed: grain workers read absl flags.
+  from jaxcl import checkpoint  # noqa: PLC0415
+  from jaxcl.train import loop, report  # noqa: PLC0415
 
-  results = loop.run(config, workdir)
+  try:
+    results = loop.run(config, workdir)
+  except (checkpoint.CheckpointError, report.ConfigMismatch, loop.NonFiniteLoss) as e:
+    raise SystemExit(f"jaxcl: {type(e).__name__}: {e}") from e  # exit code 1, no traceback
   summary = {
     k: results[k] for k in ("A_last", "A_avg", "forgetting", "train_compiles") if k in results
   }

@@ -90,43 +90,6 @@ def test_same_seed_same_results(tmp_path):
   np.testing.assert_equal(a["A_last"], b["A_last"])
 
 
-def test_sigterm_mid_task_then_resume_gives_identical_results(tmp_path, monkeypatch):
-  import signal as signal_lib  # noqa: PLC0415
-
-  overrides = {"train.steps_per_task": 4, "data.num_classes": 6}
-  straight, _ = run(tmp_path / "straight", **overrides)
-
-  real = step.make_train_step
-  calls = {"n": 0}
-
-  def interrupting(*args, **kwargs):
-    fn = real(*args, **kwargs)
-
-    def wrapped(state, batch):
-      calls["n"] += 1
-      if calls["n"] == 6:  # task 1, second step
-        os.kill(os.getpid(), signal_lib.SIGTERM)
-      return fn(state, batch)
-
-    return wrapped
-
-  monkeypatch.setattr(step, "make_train_step", interrupting)
-  with pytest.raises(SystemExit) as stopped:
-    run(tmp_path / "resumed", **overrides)
-  assert stopped.value.code == loop.PREEMPTED_EXIT_CODE
-  calls["n"] = 100  # count the resumed run's steps without interrupting it
-  resumed, _ = run(tmp_path / "resumed", **overrides)
-  assert calls["n"] - 100 == 3 * 4 - 6  # it continued from the step saved at SIGTERM
-  assert resumed["acc_matrix"] == straight["acc_matrix"]
-  assert resumed["A_last"] == straight["A_last"]
-
-
-def test_resume_with_another_config_is_refused(tmp_path):
-  run(tmp_path)
-  with pytest.raises(ValueError, match="optim.lr"):
-    run(tmp_path, **{"optim.lr": 0.5})
-
-
 def test_every_task_boundary_checkpoint_is_kept_even_without_gradient_steps(tmp_path):
   from jaxcl import checkpoint  # noqa: PLC0415
 

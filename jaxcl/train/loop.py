@@ -31,6 +31,10 @@ from jaxcl.train import state as state_lib
 from jaxcl.train import step as step_lib
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM/preemption after saving; rerun to resume
+PREEMPTED_MESSAGE = (
+  "preempted (SIGTERM or the TPU preemption notice): checkpoint of step %d saved; rerun the same"
+  " command with the same --workdir to resume"
+)
 
 
 class Preempted(SystemExit):
@@ -146,7 +150,19 @@ def run(config, workdir: str) -> dict:
 
   writer = writers.MetricWriter(workdir, enabled=main_process)
   stop = {"signal": None}
-  old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  multihost = jax.process_count() > 1
+  # On a pod, JAX's preemption service owns SIGTERM and every host learns the same step to
+  # save at (orbax's reached_preemption); one process alone acts on the signal itself.
+  old_handler = (
+    None
+    if multihost
+    else signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  )
+
+  def preempted(global_step: int) -> bool:
+    if multihost:
+      return ckpt.reached_preemption(global_step)
+    return stop["signal"] is not None
 
   def save(state, data_state, *, keep_forever: bool, wait: bool = False):
     meta = {
@@ -162,7 +178,7 @@ def run(config, workdir: str) -> dict:
       ckpt_id, state, data_state=data_state, meta=meta, keep_forever=keep_forever, wait=wait
     )
 
-  run_ctx = RunContext(config, train_step, bench, writer, schedule, batch_sh, stop, save)
+  run_ctx = RunContext(config, train_step, bench, writer, schedule, batch_sh, preempted, save)
   first_task = progress["task"] + (1 if progress["phase"] == "done" else 0)
   try:
     for t in range(first_task, len(tasks)):
@@ -200,8 +216,13 @@ def run(config, workdir: str) -> dict:
       if main_process:
         writers.write_acc_matrix(workdir, report.metrics_matrix(progress["acc"], len(tasks)))
       save(state, None, keep_forever=True)
+      if stop["signal"] is not None and t + 1 < len(tasks):  # arrived outside the step loop
+        ckpt.wait()
+        logging.warning(PREEMPTED_MESSAGE, int(state.step))
+        raise Preempted()
   finally:
-    signal.signal(signal.SIGTERM, old_handler)
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
     ckpt.wait()
     writer.close()
 
@@ -233,13 +254,13 @@ class RunContext(NamedTuple):
   writer: writers.MetricWriter
   schedule: Callable  # optax schedule, for logging the learning rate
   batch_sharding: Any
-  stop: dict  # {"signal": None | signum}, set by the SIGTERM handler
+  preempted: Callable[[int], bool]  # preempted(global_step): save now and exit
   save: Callable  # save(state, data_state, *, keep_forever, wait)
 
 
 def train_task(ctx: RunContext, state, task, num_steps: int, data_state, progress: dict):
   """Runs the steps of one task from `progress["step_in_task"]`; returns (state, data_state)."""
-  config, bench, stop = ctx.config, ctx.bench, ctx.stop
+  config, bench = ctx.config, ctx.bench
   train_step, writer, schedule, save = ctx.train_step, ctx.writer, ctx.schedule, ctx.save
   batch_sh = ctx.batch_sharding
   t = progress["task"]
@@ -271,7 +292,11 @@ def train_task(ctx: RunContext, state, task, num_steps: int, data_state, progres
     progress["step_in_task"] += 1
     global_step += 1
     s = progress["step_in_task"]
-    if s % log_every == 0 or s == num_steps:
+    stopping = ctx.preempted(global_step)
+    saving = stopping or bool(every_ckpt and global_step % every_ckpt == 0)
+    # The host reads the device only here: at log intervals, and before every save, so that a
+    # non-finite step is caught before it can reach a checkpoint.
+    if s % log_every == 0 or s == num_steps or saving:
       losses, norms, finite = _fetch(pending)
       now = time.time()
       eps = (s - tick_step) * config.data.batch_size / max(now - tick, 1e-9)
@@ -296,10 +321,10 @@ def train_task(ctx: RunContext, state, task, num_steps: int, data_state, progres
       bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{eps:.0f}")
       bar.update(s - tick_step)
       pending, tick, tick_step = [], now, s
-    if stop["signal"] is not None or (every_ckpt and global_step % every_ckpt == 0):
-      save(state, it.get_state(), keep_forever=False, wait=stop["signal"] is not None)
-      if stop["signal"] is not None:
-        logging.warning("SIGTERM: saved step %d; rerun the same command to resume", global_step)
+    if saving:
+      save(state, it.get_state(), keep_forever=False, wait=stopping)
+      if stopping:
+        logging.warning(PREEMPTED_MESSAGE, global_step)
         raise Preempted()
   bar.close()
   return state, it.get_state()

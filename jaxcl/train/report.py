@@ -23,9 +23,10 @@ class ConfigMismatch(ValueError):
 def prepare_workdir(workdir: str, config, *, write: bool) -> None:
   """Creates the workdir and writes config.json; refuses to resume under a different config.
 
-  A workdir that holds checkpoints is resumed only with the same config (the
-  `resume` key aside). With `--config.resume=false` the old checkpoints are moved
-  aside to `checkpoints.old-<time>`, never deleted.
+  A workdir that holds checkpoints is resumed only with the same config, apart from
+  `config_lib.RESUMABLE_KEYS` (`resume`, the mesh, reader threads). With
+  `--config.resume=false` the old checkpoints are moved aside to `checkpoints.old-<time>`,
+  never deleted.
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
@@ -35,8 +36,7 @@ def prepare_workdir(workdir: str, config, *, write: bool) -> None:
   if has_ckpt and config.resume and os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    old.pop("resume", None)
-    changed = config_lib.diff(old, {k: v for k, v in new.items() if k != "resume"})
+    changed = config_lib.diff(config_lib.run_identity(old), config_lib.run_identity(new))
     if changed:
       raise ConfigMismatch(
         f"{workdir} holds a checkpoint of a run with another config; differing keys:\n  "
