@@ -44,9 +44,18 @@ def imagenet_r(c):
 
 
 def default(c):
-  """The embedded glyph stream (a 4-layer ViT: components at layers 0-3), CPU-sized budget."""
+  """The embedded glyph stream on the 4-layer, 96-wide embedded ViT, a CPU-sized budget.
+
+  Components at layers 0-3; 50 components (5 per task of the 10; Gram-Schmidt cannot make more
+  than 96 keys orthogonal, so the reference's 100 would leave the last task's keys at zero);
+  1 epoch per task instead of 20, with Adam lr 1e-2 instead of 1e-3 (at 1e-3 the head hardly
+  leaves its initialisation in one epoch: 20.6 % on the first task and under 10 % on the seen
+  tasks after nine, against A_last 70.1 % at 1e-2).
+  """
   official(c)
   c.method.layers = (0, 1, 2, 3)
+  c.method.num_components = 50
+  c.optim.lr = 1e-2
   c.train.epochs = 1.0
 
 

@@ -56,6 +56,18 @@ def default(c):
   c.train.epochs = 1.0
 
 
+def fmnist(c):
+  """Split Fashion-MNIST 5 x 2: the default's settings at a fifth of the learning rate.
+
+  With 2 classes per task every task selects the same 4 prompts of the pool (see
+  `prompt_usage`), so each task retrains them; a smaller step forgets less. Measured here
+  (1 epoch, embedded ViT): A_last 28.8 at lr 0.03 (x batch/256), 39.4 at 0.003; the official
+  `use_prompt_mask` (`method.prompt_mask=True`, top_k 2) gave 30.6.
+  """
+  default(c)
+  c.optim.lr = 0.003
+
+
 def smoke(c):
   c.method.update(pool_size=4, length=2, top_k=2)
 
@@ -79,6 +91,6 @@ def get_config(arg=None):
   c.method.zero_head = True
   c.eval.mask_unseen = False  # l2p evaluates all logits (unseen heads stay exactly 0)
   presets = config_lib.cil_presets(
-    default=default, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r
+    default=default, fmnist=fmnist, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r
   )
   return config_lib.choose_preset(c, arg, presets)

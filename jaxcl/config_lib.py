@@ -22,6 +22,7 @@ ConfigDict = ml_collections.ConfigDict
 def base_config() -> ConfigDict:
   """Defaults for every run. Sections: data, model, method, optim, train, eval, checkpoint, mesh."""
   c = ConfigDict()
+  c.kind = "cil"  # cil (jaxcl/train/loop.py) | cpt (jaxcl/cpt/run.py)
   c.name = ""  # config family, e.g. "l2p"; names the default workdir runs/<name>-<preset>
   c.preset = "default"
   c.seed = 0
@@ -72,8 +73,12 @@ def base_config() -> ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.clip_norm = 1.0  # 0 = no clipping
   c.optim.clip_scope = "trainable"  # trainable | all (norm over frozen params too: official l2p)
-  c.optim.schedule = "constant"  # constant | cosine | coda_cosine (per task)
+  c.optim.schedule = "constant"  # constant | cosine | coda_cosine | multistep (per task)
   c.optim.warmup_steps = 0
+  c.optim.decay_milestones = ()  # multistep: fractions of the task's steps where lr *= factor
+  c.optim.decay_factor = 0.1  # multistep
+  c.optim.horizon_scale = 1.0  # the schedule spans this x the task's steps (OVOR: > 1)
+  c.optim.backbone_lr_scale = 1.0  # backbone lr = this x lr (SLCA slow learner 0.01; 0 = frozen)
   c.optim.reset_per_task = True  # re-create the optimizer state at every task
 
   c.train = ConfigDict()
@@ -91,6 +96,63 @@ def base_config() -> ConfigDict:
 
   c.mesh = ConfigDict()
   c.mesh.data = -1  # -1 = all devices
+  return c
+
+
+def cpt_base_config() -> ConfigDict:
+  """Defaults for continual-pretraining runs (`kind="cpt"`, jaxcl/cpt/run.py).
+
+  Sections: data (jaxcl/data/text.py), model (jaxcl/cpt/models.py), optim (as for CIL; the
+  learning rate comes from `schedule`), schedule (jaxcl/cpt/schedules.py), replay
+  (jaxcl/cpt/replay.py), train, eval, checkpoint, mesh.
+  """
+  from jaxcl.cpt import replay, schedules  # noqa: PLC0415
+  from jaxcl.data import text  # noqa: PLC0415
+
+  cil = base_config()
+  c = ConfigDict()
+  c.kind = "cpt"
+  c.name = ""
+  c.preset = "default"
+  c.seed = 0
+  c.resume = True
+
+  c.data = text.default_config()
+  c.data.dir = ""
+  c.data.batch_size = 32  # global train batch (sequences), before replay rows in `add` mode
+  c.data.eval_batch_size = 32
+  c.data.num_threads = 2
+
+  c.model = ConfigDict()
+  c.model.preset = "small"  # a name in jaxcl/models/gpt.py (lm) or bert.py (mlm) PRESETS
+  c.model.init = ""  # Hugging Face safetensors file or directory (GPT-2, Llama, BERT layouts)
+  c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
+  c.model.scan_layers = True
+  c.model.remat = "none"  # none | full | dots
+
+  c.optim = cil.optim
+  c.optim.name = "adamw"
+  c.optim.b2 = 0.95
+  c.optim.weight_decay = 0.1
+  c.optim.reset_per_task = True  # fresh moments at each domain (Ibrahim et al. 2024)
+  c.schedule = schedules.default_config()
+  c.replay = replay.default_config()
+
+  c.train = ConfigDict()
+  c.train.objective = "lm"  # lm (GPT) | mlm (BERT)
+  c.train.steps_per_domain = 200
+  c.train.log_every_steps = 25
+  c.train.nan_policy = "stop"
+  c.train.peak_tflops = 0.0  # per device, for MFU; 0 = measure a matmul on this device
+  c.train.anneal_branch = False  # infinite/wsd: later domains resume from the pre-anneal state
+
+  c.eval = ConfigDict()
+  c.eval.every_steps = 50  # validation loss of every domain
+  c.eval.dense_steps = 40  # ... and every `dense_every` steps over the first steps of a domain
+  c.eval.dense_every = 10
+
+  c.checkpoint = cil.checkpoint
+  c.mesh = cil.mesh
   return c
 
 

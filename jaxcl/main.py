@@ -1,6 +1,7 @@
 """Command line: `python -m jaxcl.main --config=configs/<name>.py[:<preset>] [--workdir=DIR]`.
 
-This file is intentionally short; the work happens in `jaxcl.train.loop.run`.
+This file is intentionally short; the work happens in `jaxcl.train.loop.run` (class-incremental
+runs) or `jaxcl.cpt.run.run` (continual pretraining, `config.kind == "cpt"`).
 Configs are locked, so `--config.<key>=<value>` with an unknown key or a value of
 the wrong type is an error that names the key.
 """
@@ -46,15 +47,16 @@ def main(argv) -> None:
   logging.info("config %s:%s -> workdir %s", config.name, config.preset, workdir)
   # After the flags are parsed: grain workers read absl flags.
   from jaxcl import checkpoint  # noqa: PLC0415
+  from jaxcl.cpt import run as cpt_run  # noqa: PLC0415
   from jaxcl.train import loop, report  # noqa: PLC0415
 
+  run = cpt_run.run if config.kind == "cpt" else loop.run
   try:
-    results = loop.run(config, workdir)
+    results = run(config, workdir)
   except (checkpoint.CheckpointError, report.ConfigMismatch, loop.NonFiniteLoss) as e:
     raise SystemExit(f"jaxcl: {type(e).__name__}: {e}") from e  # exit code 1, no traceback
-  summary = {
-    k: results[k] for k in ("A_last", "A_avg", "forgetting", "train_compiles") if k in results
-  }
+  keys = ("A_last", "A_avg", "final_avg_loss", "forgetting", "tokens_per_sec", "train_compiles")
+  summary = {k: results[k] for k in keys if k in results}
   print(f"{config.name}:{config.preset} -> {workdir}: {summary}")
 
 

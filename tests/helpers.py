@@ -15,5 +15,7 @@ def load_config(name: str, preset: str | None = None, **overrides):
   return config_lib.load(os.path.join(CONFIG_DIR, f"{name}.py"), preset, **overrides)
 
 
-def config_names() -> list[str]:
-  return sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f[0] != "_")
+def config_names(kind: str = "cil") -> list[str]:
+  """Names of the configs of one kind: cil (class-incremental) or cpt (continual pretraining)."""
+  names = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f[0] != "_")
+  return [n for n in names if load_config(n).kind == kind]

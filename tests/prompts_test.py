@@ -204,3 +204,16 @@ def test_two_tasks_compile_once_and_prompt_usage_counts_selections(name, top_k, 
   final = np.asarray(results["prompt_usage"][-1])  # [seen tasks, pool]
   assert final.shape == (2, config.method.pool_size)
   np.testing.assert_array_equal(final.sum(1), np.asarray(results["test_counts"]) * top_k)
+
+
+def test_l2_normalize_maps_a_zero_row_to_zero_with_a_finite_gradient():
+  x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+  np.testing.assert_allclose(base.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
+  grad = jax.grad(lambda v: base.l2_normalize(v).sum())(x)
+  assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_coda_refuses_more_components_than_the_vit_width():
+  config = load_config("coda_prompt", "smoke", **{"method.num_components": 200})
+  with pytest.raises(ValueError, match="num_components=200 exceeds the ViT width"):
+    methods.get("coda_prompt").make(config).build(config, 4, nnx.Rngs(0))

@@ -61,6 +61,7 @@ class Method(NamedTuple):
   before_task: Callable = keep  # (state, env) -> state, host side
   after_task: Callable = keep  # (state, env) -> state, host side
   joint: bool = False  # train on all classes as one task (upper bound)
+  train_tasks: str = "all"  # "all" | "first": gradient steps only in task 0 (APER, RanPAC)
 
 
 def linear_head(width: int, num_classes: int, init: str, rngs: nnx.Rngs) -> nnx.Linear:
@@ -78,6 +79,22 @@ def linear_head(width: int, num_classes: int, init: str, rngs: nnx.Rngs) -> nnx.
     kernel = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
     return nnx.Linear(width, num_classes, kernel_init=kernel, bias_init=bias, rngs=rngs)
   raise ValueError(f"head init {init!r}: use zeros | lecun | torch")
+
+
+class CosineHead(nnx.Module):
+  """`sigma * cos(x, w_c)` over all classes (PILOT `CosineLinear`): w ~ U(+-1/sqrt(D)), sigma 1
+  and learnable."""
+
+  def __init__(self, width: int, num_classes: int, rngs: nnx.Rngs):
+    bound = width**-0.5
+    self.kernel = nnx.Param(
+      jax.random.uniform(rngs.params(), (num_classes, width), jnp.float32, -bound, bound)
+    )
+    self.sigma = nnx.Param(jnp.ones(()))
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, D] -> [B, C]
+    cos = l2_normalize(x.astype(jnp.float32)) @ l2_normalize(self.kernel[...]).T
+    return self.sigma[...] * cos
 
 
 class Learner(nnx.Module):
@@ -116,8 +133,14 @@ def resolve_init(path: str) -> str:
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along the last axis."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  """x / max(||x||, eps) along the last axis (torch `F.normalize`).
+
+  The norm is sqrt(max(sum x^2, eps^2)), so a zero row maps to zero with a zero gradient;
+  `jnp.linalg.norm` would give a NaN gradient there (0/0), e.g. for a CODA component that
+  Gram-Schmidt could not make orthogonal.
+  """
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:

@@ -91,7 +91,14 @@ def make(config) -> base.Method:
   m = cfg.num_components
 
   def build(config, num_classes: int, rngs: nnx.Rngs) -> CodaModel:
-    return CodaModel(config, num_classes, rngs)
+    model = CodaModel(config, num_classes, rngs)
+    width = model.keys[0].shape[-1]
+    if m > width:  # Gram-Schmidt cannot make more than `width` keys orthogonal
+      raise ValueError(
+        f"method.num_components={m} exceeds the ViT width {width}: the keys and attention "
+        f"vectors of the later tasks would be zero; use at most {width}"
+      )
+    return model
 
   def slices(task, per_task: int):
     ids = jnp.arange(m)

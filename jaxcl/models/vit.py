@@ -10,11 +10,17 @@ the reference code (research/prompt_cil.md §0, "Prompt vs prefix"):
   receive a copy of the CLS position embedding.
 
 Prefix-tuning (DualPrompt, CODA-Prompt) passes `prefix={layer: (k, v)}`: projected keys and
-values prepended inside that block's attention (jaxcl/models/layers.py).
+values prepended inside that block's attention (jaxcl/models/layers.py). AdaptFormer-style
+adapters (APER, EASE, RanPAC) pass `adapter(layer, x)`: a branch in parallel with each block's
+MLP (jaxcl/models/petl.py).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -47,10 +53,14 @@ class EncoderBlock(nnx.Module):
     self.ln_2 = layer_norm(width, dtype=dtype, rngs=rngs)
     self.mlp = MlpBlock(width, mlp_dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, prefix=None):  # [B, T, D] -> [B, T, D]
+  def __call__(self, x, prefix=None, adapter=None):  # [B, T, D] -> [B, T, D]
+    """`adapter(x) -> [B, T, D]`, if given, reads the post-attention stream and is added to the
+    MLP output (AdaptFormer's parallel adapter)."""
     prefix_k, prefix_v = (None, None) if prefix is None else prefix
     x = x + self.attn(self.ln_0(x), prefix_k=prefix_k, prefix_v=prefix_v)
-    return x + self.mlp(self.ln_2(x))
+    if adapter is None:
+      return x + self.mlp(self.ln_2(x))
+    return x + (self.mlp(self.ln_2(x)) + adapter(x))
 
 
 class ViT(nnx.Module):
@@ -95,6 +105,7 @@ class ViT(nnx.Module):
     prompts=None,
     prompt_layout: str = "prepend_after_pos",
     prefix: dict | None = None,
+    adapter: Callable[[int, jax.Array], jax.Array] | None = None,
   ) -> dict:
     """Encodes images [B, H, W, C] (already scaled) into a dict of features.
 
@@ -103,6 +114,8 @@ class ViT(nnx.Module):
       prompts: [B, P, D] prompt tokens, or None.
       prompt_layout: where prompts go, one of PROMPT_LAYOUTS (see the module docstring).
       prefix: {layer_index: (k [B, P', H, Dh], v [B, P', H, Dh])}, or None.
+      adapter: `adapter(layer_index, x [B, T, D]) -> [B, T, D]`, added in parallel with the MLP
+        of every block, or None.
 
     Returns:
       "cls" [B, D]: post-`encoder_norm` CLS output; "pre_logits": the same (no representation
@@ -133,7 +146,7 @@ class ViT(nnx.Module):
       x = jnp.concatenate([cls, prompts.astype(self.dtype), x], axis=1) + pos  # [B, 1 + P + N, D]
       cls_index, prompt_start = 0, 1
     for i, block in enumerate(self.blocks):
-      x = block(x, prefix.get(i))
+      x = block(x, prefix.get(i), None if adapter is None else functools.partial(adapter, i))
     tokens = self.encoder_norm(x)  # [B, T, D]
     prompt_tokens = tokens[:, prompt_start : prompt_start + num_prompts]  # [B, P, D]
     out = {

@@ -52,6 +52,13 @@ def task_steps(config, num_examples: int) -> int:
   return int(config.train.epochs * num_examples) // config.data.batch_size
 
 
+def trains(method, task: int) -> bool:
+  """Whether `method` takes gradient steps in task `task` (`train_tasks="first"`: task 0 only)."""
+  if method.train_tasks not in ("all", "first"):
+    raise ValueError(f"Method.train_tasks={method.train_tasks!r}: use all | first")
+  return method.loss is not None and (task == 0 or method.train_tasks == "all")
+
+
 def run(config, workdir: str) -> dict:
   """Trains and evaluates a whole task sequence; returns the results.json dict."""
   start = time.time()
@@ -67,7 +74,9 @@ def run(config, workdir: str) -> dict:
   method = methods.get(config.method.name).make(config)
   bench = benchmark.build(config.data, joint=method.joint)
   tasks, num_classes = bench.tasks, bench.num_classes
-  steps = [task_steps(config, len(t.train_idx)) if method.loss else 0 for t in tasks]
+  steps = [
+    task_steps(config, len(t.train_idx)) if trains(method, i) else 0 for i, t in enumerate(tasks)
+  ]
   base_lr = optim.learning_rate(config.optim, config.data.batch_size)
   schedule = optim.make_schedule(config.optim, base_lr, max(steps))
   tx = optim.make_optimizer(config.optim, schedule)
@@ -297,22 +306,11 @@ def train_task(ctx: RunContext, state, task, num_steps: int, data_state, progres
     # The host reads the device only here: at log intervals, and before every save, so that a
     # non-finite step is caught before it can reach a checkpoint.
     if s % log_every == 0 or s == num_steps or saving:
-      losses, norms, finite = _fetch(pending)
+      losses, finite = check_finite(pending, global_step, t, config.train.nan_policy)
       now = time.time()
       eps = (s - tick_step) * config.data.batch_size / max(now - tick, 1e-9)
       progress["train_seconds"] += now - tick
-      if not finite.all():
-        i = int(np.argmin(finite))
-        if config.train.nan_policy == "stop":
-          name, value = (
-            ("loss", losses[i]) if not np.isfinite(losses[i]) else ("update_norm", norms[i])
-          )
-          raise NonFiniteLoss(
-            f"non-finite loss at step {global_step - len(pending) + i + 1} (task {t}): metric "
-            f"'{name}' = {value}; stopped, the last good checkpoint is intact "
-            f"(train.nan_policy='skip' skips such steps instead)"
-          )
-        progress["skipped_steps"] += int((~finite).sum())
+      progress["skipped_steps"] += int((~finite).sum())
       loss = float(np.mean(losses[finite])) if finite.any() else float("nan")
       writer.write(
         global_step,
@@ -330,6 +328,23 @@ def train_task(ctx: RunContext, state, task, num_steps: int, data_state, progres
   return state, it.get_state()
 
 
-def _fetch(pending) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_finite(
+  pending: list, global_step: int, task: int, nan_policy: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """Reads the pending (loss, update_norm, finite) of the steps up to `global_step`.
+
+  Returns (losses, finite) as host arrays; raises NonFiniteLoss naming the first bad step and
+  metric when a step is not finite and `nan_policy` is "stop" (then nothing is saved after it).
+  """
   losses, norms, finite = zip(*jax.device_get(pending), strict=True)
-  return np.asarray(losses, np.float64), np.asarray(norms, np.float64), np.asarray(finite, bool)
+  losses, norms = np.asarray(losses, np.float64), np.asarray(norms, np.float64)
+  finite = np.asarray(finite, bool)
+  if not finite.all() and nan_policy == "stop":
+    i = int(np.argmin(finite))
+    name, value = ("loss", losses[i]) if not np.isfinite(losses[i]) else ("update_norm", norms[i])
+    raise NonFiniteLoss(
+      f"non-finite loss at step {global_step - len(pending) + i + 1} (task {task}): metric "
+      f"'{name}' = {value}; stopped, the last good checkpoint is intact "
+      f"(train.nan_policy='skip' skips such steps instead)"
+    )
+  return losses, finite

@@ -28,6 +28,9 @@ def _ctx(state: LearnerState, rng: jax.Array) -> Ctx:
 
 
 def _scaled(batch: dict, scale: str) -> dict:
+  """Images scaled on device; batches without images (token batches) pass unchanged."""
+  if scale == "none" or "image" not in batch:
+    return batch
   return {**batch, "image": scale_images(batch["image"], scale)}
 
 
@@ -161,3 +164,14 @@ def make_begin_task(
 def make_state_fn(fn: Callable, *, state_sharding) -> Callable:
   """Jits a host-side hook's pure `fn(state) -> state` (Gram-Schmidt re-init, prototypes...)."""
   return jax.jit(fn, donate_argnums=0, out_shardings=state_sharding)
+
+
+def make_loss_step(fn: Callable, graphdef, *, state_sharding, batch_sharding) -> Callable:
+  """`loss_step(state, batch) -> fn(model, batch)`: evaluation sums (e.g. token loss, count)."""
+
+  def loss_step(state: LearnerState, batch: dict):
+    TRACES["loss_eval"] += 1
+    return fn(nnx.merge(graphdef, state.params, state.frozen), batch)
+
+  repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(loss_step, in_shardings=(state_sharding, batch_sharding), out_shardings=repl)

@@ -1,0 +1,73 @@
+"""Pretraining objectives as methods of the engine: next-token prediction and masked LM.
+
+Each objective is a `base.Method` whose `loss(model, extra, batch, ctx)` the generic train step
+(jaxcl/train/step.py) differentiates, plus `loss_sums(model, batch)` for evaluation: summed
+token losses and token counts, so padded evaluation rows and uneven batches stay exact.
+
+- `lm`: causal language modelling (Radford et al. 2019): batch `tokens` int32 [B, T+1]; the
+  model reads tokens[:, :-1] and predicts tokens[:, 1:].
+- `mlm`: masked language modelling (Devlin et al. 2019): batch `tokens` [B, T] with the
+  masked input, `targets` [B, T] and `target_mask` bool [B, T] (the 15% chosen positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxcl.methods.base import Method
+
+
+class Objective(NamedTuple):
+  method: Method  # build / trainable / loss for the train step
+  loss_sums: Callable  # (model, batch) -> {"loss_sum": [], "tokens": []}
+
+
+def _row_mask(batch: dict, shape: tuple[int, ...]) -> jax.Array:
+  """[B, T] weights: padded evaluation rows (batch["mask"] False) count for nothing."""
+  rows = batch.get("mask")
+  ones = jnp.ones(shape, jnp.float32)
+  return ones if rows is None else ones * rows[:, None].astype(jnp.float32)
+
+
+def lm_token_losses(model, batch: dict) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy [B, T] and weights [B, T] for next-token prediction."""
+  tokens = batch["tokens"]  # [B, T+1]
+  logits = model(tokens[:, :-1])  # [B, T, V]
+  targets = tokens[:, 1:]  # [B, T]
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return losses, _row_mask(batch, targets.shape)
+
+
+def mlm_token_losses(model, batch: dict) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy [B, T] on the masked positions only (weights 0 elsewhere)."""
+  _, logits = model(batch["tokens"])  # hidden [B, T, D], logits [B, T, V]
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+    logits.astype(jnp.float32), batch["targets"]
+  )
+  weights = _row_mask(batch, batch["targets"].shape) * batch["target_mask"].astype(jnp.float32)
+  return losses, weights
+
+
+def make(name: str, build: Callable) -> Objective:
+  """The objective `name` (lm | mlm) around `build(config, vocab_size, rngs) -> model`."""
+  token_losses = {"lm": lm_token_losses, "mlm": mlm_token_losses}.get(name)
+  if token_losses is None:
+    raise ValueError(f"train.objective={name!r}: use lm | mlm")
+
+  def loss(model, extra, batch, ctx):
+    del extra, ctx
+    losses, weights = token_losses(model, batch)
+    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0), {}
+
+  def loss_sums(model, batch):
+    losses, weights = token_losses(model, batch)
+    return {"loss_sum": (losses * weights).sum(), "tokens": weights.sum()}
+
+  method = Method(build=build, trainable=nnx.Param, predict=None, loss=loss)
+  return Objective(method, loss_sums)

@@ -1,0 +1,109 @@
+"""Continual pretraining runs: the domain loop, its evaluation schedule and its outputs."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import load_config
+
+from jaxcl import checkpoint
+from jaxcl.cpt import run as cpt_run
+from jaxcl.train import step as step_lib
+
+
+def test_smoke_run_fills_the_loss_matrix_and_the_curve(tmp_path):
+  step_lib.TRACES.clear()
+  config = load_config("cpt", "smoke")
+  results = cpt_run.run(config, str(tmp_path))
+  d = len(results["domains"])
+  loss = np.asarray(results["loss_matrix"])
+  assert loss.shape == (d, d) == (2, 2) and np.isfinite(loss).all()
+  # Row i is the evaluation at the end of domain i: the curve's last entry in that domain.
+  ends = [[e for e in results["curve"] if e["domain"] == i][-1] for i in range(d)]
+  for i, e in enumerate(ends):
+    np.testing.assert_allclose(loss[i], [e["val_loss"][n] for n in results["domains"]], 1e-6)
+  assert results["forgetting"] == pytest.approx([loss[1, 0] - loss[0, 0]], abs=1e-5)
+  # Dense evaluation over the first 2 steps of each domain, then every 3, and the last step.
+  assert [e["step"] for e in results["curve"]] == [1, 2, 3, 6, 7, 8, 9, 12]
+  assert results["tokens_seen"] == 12 * 8 * 16
+  assert results["train_compiles"] == 1
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert written["loss_matrix"] == results["loss_matrix"]
+  assert (tmp_path / "loss_matrix.csv").exists() and (tmp_path / "loss_curves.png").exists()
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert all("tokens_per_sec" in x and "mfu" in x for x in lines if "loss" in x)
+
+
+def test_loss_decreases_on_a_tiny_corpus(tmp_path):
+  overrides = {
+    "data.domains": "prose:json",
+    "train.steps_per_domain": 40,
+    "eval.every_steps": 40,
+    "eval.dense_steps": 1,
+    "replay.fraction": 0.0,
+  }
+  results = cpt_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  first, last = results["curve"][0]["val_loss"], results["curve"][-1]["val_loss"]
+  assert last["prose:json"] < first["prose:json"] - 0.5
+
+
+def test_mlm_objective_trains_a_bert(tmp_path):
+  overrides = {"train.objective": "mlm", "data.mlm_probability": 0.15, "replay.fraction": 0.0}
+  results = cpt_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  assert np.isfinite(results["loss_matrix"]).all()
+  assert results["objective"] == "mlm"
+
+
+def test_eval_schedule_is_dense_at_the_start_of_a_domain():
+  ev = load_config("cpt", "smoke", **{"eval.dense_steps": 4, "eval.dense_every": 2}).eval
+  ev.unlock()
+  ev.every_steps = 5
+  due = [s for s in range(1, 13) if cpt_run.eval_due(s, 12, ev)]
+  assert due == [2, 4, 5, 10, 12]
+
+
+def test_a_new_domain_resets_the_moments_but_keeps_the_global_schedule():
+  schedule = lambda count: 1.0 / (1.0 + count)
+  tx = optax.adamw(schedule)
+  params = {"w": jnp.ones(3)}
+  opt = tx.init(params)
+  for _ in range(5):
+    _, opt = tx.update({"w": jnp.ones(3)}, opt, params)
+  fresh = cpt_run._keep_schedule_count(tx.init(params), opt)
+  adam = [s for s in jax.tree.leaves(fresh, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu")]
+  assert float(jnp.abs(adam[0].mu["w"]).sum()) == 0.0 and int(adam[0].count) == 0
+  counts = [
+    int(s.count)
+    for s in jax.tree.leaves(fresh, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+    if isinstance(s, optax.ScaleByScheduleState)
+  ]
+  assert counts == [5]
+
+
+def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_path):
+  overrides = {
+    "schedule.name": "infinite_cosine",
+    "schedule.eta_const": 1e-3,
+    "schedule.cooldown_steps": 2,  # cooldown [0, 2), constant [2, 4), anneal [4, 6)
+    "schedule.anneal_steps": 2,
+    "train.anneal_branch": True,
+    "train.log_every_steps": 1,
+  }
+  config = load_config("cpt", "smoke", **overrides)
+  results = cpt_run.run(config, str(tmp_path))
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  lr = {x["step"]: x["lr"] for x in lines if "lr" in x}
+  # The logged lr of step s is the schedule at s - 1.
+  assert lr[6] < lr[4] == pytest.approx(1e-3)  # domain 0 anneals over its last 2 steps ...
+  assert lr[7] == pytest.approx(1e-3)  # ... and domain 1 starts at the constant rate
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+  branch_points = [s for s in ckpt.steps() if s % 2]
+  pre = ckpt.read_state(branch_points[0])
+  ckpt.close()
+  assert int(pre["step"]) == 4  # saved before step 5, the first annealed step of domain 0
+  assert np.isfinite(results["loss_matrix"]).all()
