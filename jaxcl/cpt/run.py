@@ -14,7 +14,6 @@ for class-incremental runs (jaxcl/checkpoint.py).
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import jax
@@ -148,18 +147,7 @@ def run(config, workdir: str) -> dict:
     return out
 
   writer = writers.MetricWriter(workdir, enabled=main_process)
-  stop = {"signal": None}
-  multihost = jax.process_count() > 1
-  old_handler = (
-    None
-    if multihost
-    else signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
-  )
-
-  def preempted(global_step: int) -> bool:
-    if multihost:
-      return ckpt.reached_preemption(global_step)
-    return stop["signal"] is not None
+  preempted = loop.PreemptionWatch(ckpt)
 
   def save(state, data_state, *, keep_forever: bool, wait: bool = False, pre_anneal=False):
     meta = {
@@ -281,8 +269,7 @@ def run(config, workdir: str) -> dict:
         writers.write_loss_curves(workdir, progress["curve"], names)
       save(state, None, keep_forever=True)
   finally:
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
+    preempted.close()
     ckpt.wait()
     writer.close()
 

@@ -46,6 +46,34 @@ class NonFiniteLoss(FloatingPointError):
   pass
 
 
+class PreemptionWatch:
+  """`watch(global_step)`: whether to save at this step and stop (exit PREEMPTED_EXIT_CODE).
+
+  One process acts on SIGTERM itself (the handler only sets `signal`). On a pod, JAX's
+  preemption service owns SIGTERM and every host learns the same step to save at (orbax's
+  `reached_preemption`), so no Python handler is installed. `close()` restores the handler.
+  """
+
+  def __init__(self, ckpt: checkpoint.Checkpointer):
+    self.ckpt, self.signal = ckpt, None
+    self.multihost = jax.process_count() > 1
+    self._old = None if self.multihost else signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del frame
+    self.signal = signum
+
+  def __call__(self, global_step: int) -> bool:
+    if self.multihost:
+      return self.ckpt.reached_preemption(global_step)
+    return self.signal is not None
+
+  def close(self) -> None:
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+      self._old = None
+
+
 def task_steps(config, num_examples: int) -> int:
   if config.train.steps_per_task:
     return config.train.steps_per_task
@@ -158,20 +186,7 @@ def run(config, workdir: str) -> dict:
     )
 
   writer = writers.MetricWriter(workdir, enabled=main_process)
-  stop = {"signal": None}
-  multihost = jax.process_count() > 1
-  # On a pod, JAX's preemption service owns SIGTERM and every host learns the same step to
-  # save at (orbax's reached_preemption); one process alone acts on the signal itself.
-  old_handler = (
-    None
-    if multihost
-    else signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
-  )
-
-  def preempted(global_step: int) -> bool:
-    if multihost:
-      return ckpt.reached_preemption(global_step)
-    return stop["signal"] is not None
+  preempted = PreemptionWatch(ckpt)
 
   def save(state, data_state, *, keep_forever: bool, wait: bool = False):
     meta = {
@@ -225,13 +240,12 @@ def run(config, workdir: str) -> dict:
       if main_process:
         writers.write_acc_matrix(workdir, report.metrics_matrix(progress["acc"], len(tasks)))
       save(state, None, keep_forever=True)
-      if stop["signal"] is not None and t + 1 < len(tasks):  # arrived outside the step loop
+      if preempted.signal is not None and t + 1 < len(tasks):  # arrived outside the step loop
         ckpt.wait()
         logging.warning(PREEMPTED_MESSAGE, int(state.step))
         raise Preempted()
   finally:
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
+    preempted.close()
     ckpt.wait()
     writer.close()
 
