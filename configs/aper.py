@@ -25,15 +25,6 @@ from jaxcl import config_lib
 PILOT_IN1K = "ViT-B_16-augreg-in21k-ft-in1k.npz"  # augreg/B_16-i21k-300ep-...--imagenet2012-...
 
 
-def sgd(c, *, lr, batch, weight_decay, epochs):
-  """PILOT's first session: SGD momentum 0.9, CosineAnnealingLR to min_lr 0."""
-  c.optim.update(
-    name="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="cosine", clip_norm=0.0
-  )
-  c.data.batch_size = batch
-  c.train.epochs = float(epochs)
-
-
 def paper(c):
   c.data.class_order = "seeded"
   c.data.order_seed = 1993
@@ -43,19 +34,19 @@ def paper(c):
 def cifar100(c):
   """PILOT exps/aper_aperpter.json: 20 epochs, lr 0.01, batch 48, wd 5e-4 (A_last ~85.8)."""
   paper(c)
-  sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=20)
+  config_lib.pilot_sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=20)
 
 
 def imagenet_r(c):
   """PILOT exps/aper_aperpter_inr.json: 10 epochs, lr 0.05, batch 16, wd 5e-3 (A_last ~72.8)."""
   paper(c)
-  sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=10)
+  config_lib.pilot_sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=10)
 
 
 def default(c):
   """The embedded glyph stream: PILOT's CIFAR recipe with a 4-layer ViT-sized bottleneck and a
   CPU-sized first session."""
-  sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=3)
+  config_lib.pilot_sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=3)
   c.method.adapter_dim = 16
 
 

@@ -23,14 +23,6 @@ from jaxcl import config_lib
 PAPER_IN21K = "ViT-B_16-augreg-in21k.npz"  # augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-...npz
 
 
-def sgd(c, *, lr, batch, weight_decay, epochs):
-  c.optim.update(
-    name="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="cosine", clip_norm=0.0
-  )
-  c.data.batch_size = batch
-  c.train.epochs = float(epochs)
-
-
 def paper(c):
   c.data.class_order = "seeded"
   c.data.order_seed = 1993
@@ -41,18 +33,18 @@ def cifar100(c):
   """ease_cifar_in21k.json: CIFAR-100 B0Inc5, lr 0.025, batch 48, wd 5e-4: A_last 85.80."""
   paper(c)
   c.data.init_classes = c.data.increment = 5
-  sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=20)
+  config_lib.pilot_sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=20)
 
 
 def imagenet_r(c):
   """ease_inr_in21k.json: ImageNet-R B0Inc20, lr 0.05, batch 16, wd 5e-3: A_last 76.17."""
   paper(c)
-  sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=20)
+  config_lib.pilot_sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=20)
 
 
 def default(c):
   """The embedded glyph stream: the CIFAR recipe, 1 epoch per task, bottleneck 16."""
-  sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=1)
+  config_lib.pilot_sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=1)
   c.method.adapter_dim = 16
 
 

@@ -314,14 +314,19 @@ def scratch_fmnist(c: ConfigDict) -> None:
   c.optim.update(name="adam", lr=1e-3)
 
 
+def pilot_sgd(c: ConfigDict, *, lr: float, batch: int, weight_decay: float, epochs: float):
+  """LAMDA-PILOT's training recipe: SGD momentum 0.9, cosine to 0, no clipping."""
+  c.optim.update(
+    name="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="cosine", clip_norm=0.0
+  )
+  c.data.batch_size = batch
+  c.train.epochs = float(epochs)
+
+
 def sgd_finetune(c: ConfigDict) -> None:
   """RevisitingCIL's `aper_finetune` recipe: SGD momentum 0.9, lr 0.01, wd 5e-4, cosine,
   batch 128, 5 epochs per task (used by the full fine-tuning paper presets)."""
-  c.optim.update(
-    name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine", clip_norm=0.0
-  )
-  c.data.batch_size = 128
-  c.train.epochs = 5.0
+  pilot_sgd(c, lr=0.01, batch=128, weight_decay=5e-4, epochs=5)
 
 
 def compose(*fns: Callable[[ConfigDict], None]) -> Callable[[ConfigDict], None]:
