@@ -198,19 +198,40 @@ class Checkpointer:
       " nothing was deleted.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
     )
 
+  def read_meta(self, step: int | None = None) -> dict | None:
+    """The metadata item of `step` (default: the newest committed), None without checkpoints.
+
+    Lets a run decide the shape of its restore target first (growth runs change shape).
+    """
+    self.wait()
+    steps = self.steps()
+    if not steps:
+      return None
+    step = steps[-1] if step is None else step
+    r = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(r.meta)
+
   def read_state(self, step: int | None = None):
     """The learner state of `step` (default: the newest committed) as host numpy arrays.
 
-    For inspecting and comparing checkpoints without building the model; no fallback.
+    For inspecting and comparing checkpoints without building the model; no fallback. Works
+    whatever mesh or number of processes wrote the checkpoint (restored onto one device).
     """
     self.wait()
     step = self.steps()[-1] if step is None else step
-    meta = self._mgr.item_metadata(step)["state"]
+    # The item's own metadata (the manager's needs a handler registry) with one device as the
+    # target: the shardings stored in the checkpoint name devices this process may not have.
+    with ocp.StandardCheckpointer() as reader:
+      meta = reader.metadata(self._root / str(step) / "state").item_metadata
+    meta = getattr(meta, "tree", meta)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
-      lambda m: np.zeros(m.shape, m.dtype), meta, is_leaf=lambda m: hasattr(m, "shape")
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+      meta,
+      is_leaf=lambda m: hasattr(m, "shape"),
     )
     r = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return r.state
+    return jax.tree.map(np.asarray, r.state)
 
   def close(self) -> None:
     self.wait()

@@ -94,9 +94,18 @@ def base_config() -> ConfigDict:
   c.checkpoint.every_steps = 1000  # also at every task boundary; 0 = only at task boundaries
   c.checkpoint.keep = 2  # newest periodic checkpoints kept (task boundaries are all kept)
 
-  c.mesh = ConfigDict()
-  c.mesh.data = -1  # -1 = all devices
+  c.mesh = mesh_config(data=-1, fsdp=1)  # data-parallel, the frozen backbone replicated
   return c
+
+
+def mesh_config(*, data: int, fsdp: int) -> ConfigDict:
+  """The `mesh` section (jaxcl/sharding.py): sizes of the ("data", "fsdp", "tensor") axes.
+
+  -1 fills with the devices left over; without a -1 on one slice, the first data x fsdp x
+  tensor devices are used (`mesh.data=4` = 4 devices). Multi-slice jobs also give the sizes
+  across slices (`dcn_*`, DCN = the data-centre network; -1 fills with the slices).
+  """
+  return ConfigDict(dict(data=data, fsdp=fsdp, tensor=1, dcn_data=-1, dcn_fsdp=1, dcn_tensor=1))
 
 
 def cpt_base_config() -> ConfigDict:
@@ -104,10 +113,11 @@ def cpt_base_config() -> ConfigDict:
 
   Sections: data (jaxcl/data/text.py), model (jaxcl/cpt/models.py), optim (as for CIL; the
   learning rate comes from `schedule`), schedule (jaxcl/cpt/schedules.py), replay
-  (jaxcl/cpt/replay.py), train, eval, checkpoint, mesh.
+  (jaxcl/cpt/replay.py), growth (jaxcl/growth/events.py), train, eval, checkpoint, mesh.
   """
   from jaxcl.cpt import replay, schedules  # noqa: PLC0415
   from jaxcl.data import text  # noqa: PLC0415
+  from jaxcl.growth import events  # noqa: PLC0415
 
   cil = base_config()
   c = ConfigDict()
@@ -129,6 +139,11 @@ def cpt_base_config() -> ConfigDict:
   c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
   c.model.scan_layers = True
   c.model.remat = "none"  # none | full | dots
+  c.model.shape = ConfigDict()  # >0 overrides the preset's (growth runs start small)
+  c.model.shape.num_layers = 0
+  c.model.shape.width = 0
+  c.model.shape.num_heads = 0
+  c.model.shape.mlp_dim = 0
 
   c.optim = cil.optim
   c.optim.name = "adamw"
@@ -137,6 +152,7 @@ def cpt_base_config() -> ConfigDict:
   c.optim.reset_per_task = True  # fresh moments at each domain (Ibrahim et al. 2024)
   c.schedule = schedules.default_config()
   c.replay = replay.default_config()
+  c.growth = events.default_config()  # growth events inside the run (jaxcl/growth/events.py)
 
   c.train = ConfigDict()
   c.train.objective = "lm"  # lm (GPT) | mlm (BERT)
@@ -152,7 +168,7 @@ def cpt_base_config() -> ConfigDict:
   c.eval.dense_every = 10
 
   c.checkpoint = cil.checkpoint
-  c.mesh = cil.mesh
+  c.mesh = mesh_config(data=1, fsdp=-1)  # FSDP over every device; `mesh.tensor` for Megatron
   return c
 
 
@@ -361,3 +377,48 @@ def cil_presets(**method_presets: Callable[[ConfigDict], None]) -> dict:
     if name not in shared:
       out[name] = fn
   return out
+
+
+# ---------------------------------------------------------------------------
+# Growth runs (configs/growth_*.py): continual pretraining with growth events.
+# ---------------------------------------------------------------------------
+
+
+def growth_text(c: ConfigDict, *, smoke: bool) -> None:
+  """The stream of every growth config: the default offline text domains (stdlib prose, then
+  stdlib code), byte tokens, one cosine over both domains; the target model is GPT `mini`
+  (4 x 128) or, for `smoke`, `tiny` (2 x 32). The growth configs set the small start shape
+  (`model.shape`) and the events."""
+  c.kind = "cpt"
+  c.optim.reset_per_task = False  # one run over the stream; moments reset only at growth
+  c.schedule.name = "cosine"
+  c.schedule.warmup_steps = 10
+  c.replay.fraction = 0.0
+  if smoke:
+    c.data.domains = "prose:json,code:json"
+    c.data.seq_len = 16
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 8
+    c.data.valid_fraction = 0.2
+    c.data.valid_sequences = 8
+    c.model.preset = "tiny"
+    c.schedule.eta_max = 3e-3
+    c.schedule.eta_min = 3e-4
+    c.schedule.warmup_steps = 1
+    c.train.steps_per_domain = 4
+    c.train.log_every_steps = 2
+    c.train.peak_tflops = 1.0
+    c.eval.every_steps = 2
+    c.eval.dense_steps = 0
+    c.growth.ramp_steps = 2
+    c.growth.ligo_steps = 2
+    return
+  c.data.domains = "prose,code"
+  c.data.seq_len = 128
+  c.data.batch_size = 16
+  c.model.preset = "mini"
+  c.schedule.eta_max = 2e-3
+  c.schedule.eta_min = 2e-4
+  c.train.steps_per_domain = 200
+  c.eval.every_steps = 20
+  c.eval.dense_steps = 0

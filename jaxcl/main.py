@@ -24,18 +24,48 @@ def default_workdir(config) -> str:
   return os.path.join("runs", f"{config.name}-{config.preset}")
 
 
-def maybe_initialize_distributed() -> None:
-  """Joins a multi-process job when the environment says we are in one (TPU pod, SLURM, MPI)."""
-  env = os.environ
-  multi = (
-    env.get("JAXCL_MULTIHOST") == "1"
-    or int(env.get("SLURM_NTASKS", "1")) > 1
-    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    or "TPU_WORKER_HOSTNAMES" in env
-    and "," in env["TPU_WORKER_HOSTNAMES"]
-  )
-  if multi:
+def cluster_environment(env=os.environ) -> str | None:
+  """Which multi-process launcher started us: "tpu" (a TPU slice of several hosts, or several
+  slices), "slurm" (srun with several tasks), "mpi" (Open MPI / MPICH ranks), "env"
+  (JAXCL_MULTIHOST=1: JAX finds the cluster itself, or JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID say it), or None (one process).
+
+  JAXCL_MULTIHOST=0 forces a single process.
+  """
+  forced = env.get("JAXCL_MULTIHOST")
+  if forced in ("0", "1"):
+    return "env" if forced == "1" else None
+  if "," in env.get("TPU_WORKER_HOSTNAMES", "") or int(env.get("MEGASCALE_NUM_SLICES", "1")) > 1:
+    return "tpu"
+  if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env:  # inside srun
+    return "slurm"
+  if int(env.get("OMPI_COMM_WORLD_SIZE", env.get("PMI_SIZE", "1"))) > 1:
+    return "mpi"
+  return None
+
+
+def maybe_initialize_distributed(env=os.environ) -> None:
+  """Joins the multi-process job the environment describes; only process 0 then logs INFO."""
+  kind = cluster_environment(env)
+  if kind is None:
+    return
+  if kind == "mpi" and "OMPI_COMM_WORLD_SIZE" not in env:  # not Open MPI: ask mpi4py
+    jax.distributed.initialize(cluster_detection_method="mpi4py")
+  elif "JAX_NUM_PROCESSES" in env:  # a manual launch (with JAX_COORDINATOR_ADDRESS=host:port)
+    jax.distributed.initialize(
+      num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"])
+    )
+  else:
     jax.distributed.initialize()
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  logging.info(
+    "%s job: %d processes, %d devices (%d local)",
+    kind,
+    jax.process_count(),
+    jax.device_count(),
+    jax.local_device_count(),
+  )
 
 
 def main(argv) -> None:

@@ -3,6 +3,11 @@
 Only one process should write; the caller decides which (`enabled=` / calling at all). Plots use
 matplotlib's Agg canvas directly, so no global backend is switched and no display is needed;
 TensorBoard events come from tensorboardX, so TensorFlow is not needed.
+
+Paths may be local or remote (`gs://bucket/run`): files go through `etils.epath` (gcsfs for
+gs://, `pip install jaxcl[gcs]`), TensorBoard through tensorboardX's own GCS writer. Remote
+objects cannot be appended to, so a remote metrics.jsonl is rewritten whole, at most every
+`REMOTE_FLUSH_SECONDS` and at flush/close.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import math
 import numbers
 import os
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
@@ -37,12 +44,33 @@ def to_json_value(x):
   return x
 
 
+REMOTE_FLUSH_SECONDS = 30.0
+
+
+def is_remote(path) -> bool:
+  """`gs://...` and other URLs (not local files)."""
+  return "://" in str(path)
+
+
+def absolute(path: str) -> str:
+  """A local path made absolute (orbax needs that); remote paths as they are."""
+  return str(path) if is_remote(path) else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def write_text(path: str, text: str) -> None:
+  epath.Path(path).write_text(text)
+
+
 def write_json(path: str, obj) -> None:
   """Writes `obj` as JSON atomically: a temporary file beside `path`, then `os.replace`.
 
   numpy/jax values are converted and non-finite floats become null, so the file is strict JSON.
   A reader sees either the old file or the whole new one; on error no temporary file is left.
+  (A remote object is written in one piece, which object stores make atomic.)
   """
+  if is_remote(path):
+    write_text(path, json.dumps(to_json_value(obj), indent=1, allow_nan=False) + "\n")
+    return
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
@@ -73,9 +101,10 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
+      path = epath.Path(workdir) / "metrics.jsonl"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      self._jsonl = _RemoteLines(path) if is_remote(workdir) else open(path, "a")  # noqa: SIM115
+      self._tb = SummaryWriter(logdir=os.path.join(str(workdir), "tb"))
 
   def write(self, step: int, scalars: Mapping) -> None:
     """Appends one line for `step` and logs the numeric values to TensorBoard."""
@@ -86,7 +115,8 @@ class MetricWriter:
     step = int(step)
     values = {str(k): to_json_value(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": step, **values}, allow_nan=False) + "\n")
-    self._jsonl.flush()  # whole lines on disk even if the run dies
+    if not isinstance(self._jsonl, _RemoteLines):  # (a remote file flushes itself, throttled)
+      self._jsonl.flush()  # whole lines on disk even if the run dies
     for name, value in scalars.items():
       if not isinstance(value, numbers.Number | np.generic) and not hasattr(value, "__array__"):
         continue  # strings, None, lists: jsonl only
@@ -113,14 +143,40 @@ class MetricWriter:
     self.close()
 
 
+class _RemoteLines:
+  """An append-only text file on an object store: kept in memory, rewritten whole when flushed
+  (by `flush`, `close`, or a `write` at least REMOTE_FLUSH_SECONDS after the last flush)."""
+
+  def __init__(self, path: epath.Path):
+    self.path = path
+    self.text = path.read_text() if path.exists() else ""  # a resumed run continues the file
+    self.flushed = time.time()
+
+  def write(self, line: str) -> None:
+    self.text += line
+    if time.time() - self.flushed >= REMOTE_FLUSH_SECONDS:
+      self.flush()
+
+  def flush(self) -> None:
+    self.path.write_text(self.text)
+    self.flushed = time.time()
+
+  def close(self) -> None:
+    self.flush()
+
+
+def _save_figure(fig: Figure, path: str) -> None:
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+
+
 def write_matrix_csv(path: str, matrix: np.ndarray, row_label: str, col_prefix: str) -> None:
   """A [R, C] matrix as CSV: header `row_label,{col_prefix}0,...`, 2 decimals, NaN as empty."""
   matrix = np.asarray(matrix, dtype=np.float64)  # [R, C]
   lines = [",".join([row_label] + [f"{col_prefix}{j}" for j in range(matrix.shape[1])])]
   for i, row in enumerate(matrix):
     lines.append(",".join([str(i)] + ["" if np.isnan(v) else f"{v:.2f}" for v in row]))
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write_text(path, "\n".join(lines) + "\n")
 
 
 def _colour_range(matrix: np.ndarray) -> tuple[float, float]:
@@ -175,7 +231,7 @@ def write_acc_matrix(
   ax.set_ylabel("after training task")
   ax.set_title(title)
   fig.colorbar(image, ax=ax)
-  fig.savefig(os.path.join(workdir, f"{name}.png"), dpi=100)
+  _save_figure(fig, os.path.join(workdir, f"{name}.png"))
 
 
 def _domain_losses(val_loss, domains: Sequence[str]) -> list[float]:
@@ -215,4 +271,4 @@ def write_loss_curves(workdir: str, curve: Sequence[Mapping], domains: Sequence[
   ax.grid(alpha=0.3)
   if len(domains) and len(x):
     ax.legend(title="domain", fontsize=8)
-  fig.savefig(os.path.join(workdir, "loss_curves.png"), dpi=100)
+  _save_figure(fig, os.path.join(workdir, "loss_curves.png"))

@@ -16,6 +16,7 @@ def shape(config, vocab_size: int) -> gpt.Config | bert.Config:
   """The model config: the preset with the tokenizer's vocabulary and the data's length."""
   m = config.model
   kw = dict(dtype=m.dtype, scan_layers=m.scan_layers, remat=m.remat)
+  kw.update({k: v for k, v in m.shape.items() if v})  # e.g. the small model of a growth run
   if config.train.objective == "mlm":
     return bert.config_for(m.preset, vocab_size=vocab_size, seq_len=config.data.seq_len, **kw)
   return gpt.config_for(m.preset, vocab_size=vocab_size, seq_len=config.data.seq_len, **kw)
@@ -33,10 +34,14 @@ def build(config, vocab_size: int, rngs: nnx.Rngs) -> nnx.Module:
 
 def train_flops_per_token(config, vocab_size: int) -> float:
   """Model FLOPs per trained token (MaxText's count; for BERT the same formula, non-causal)."""
-  cfg = shape(config, vocab_size)
+  return flops_per_token(shape(config, vocab_size), config.data.seq_len)
+
+
+def flops_per_token(cfg: gpt.Config | bert.Config, seq_len: int) -> float:
+  """`train_flops_per_token` of a model shape (a grown model's, jaxcl/growth/events.py)."""
   if isinstance(cfg, gpt.Config):
-    return gpt.train_flops_per_token(cfg, config.data.seq_len)
+    return gpt.train_flops_per_token(cfg, seq_len)
   matmul = cfg.num_layers * (4 * cfg.width**2 + 2 * cfg.width * cfg.mlp_dim)
   matmul += cfg.width**2 + cfg.width * cfg.vocab_size  # MLM transform + decoder
-  attention = 2 * cfg.num_layers * cfg.width * config.data.seq_len  # not halved: bidirectional
+  attention = 2 * cfg.num_layers * cfg.width * seq_len  # not halved: bidirectional
   return 6.0 * matmul + 6.0 * attention

@@ -26,6 +26,7 @@ from flax import nnx
 from jaxcl import checkpoint, config_lib, metrics, sharding, writers
 from jaxcl.cpt import models, objectives, replay, schedules
 from jaxcl.data import text
+from jaxcl.growth import events as growth_events
 from jaxcl.train import loop, optim, report, throughput
 from jaxcl.train import state as state_lib
 from jaxcl.train import step as step_lib
@@ -51,18 +52,22 @@ def _keep_schedule_count(fresh, old):
 def run(config, workdir: str) -> dict:
   """Trains the domain sequence; returns the results.json dict (DESIGN.md §3)."""
   start = time.time()
-  workdir = os.path.abspath(workdir)
+  compiles_before = step_lib.TRACES["train"]  # a per-process counter
+  workdir = writers.absolute(workdir)
   main_process = jax.process_index() == 0
+  sharding.assert_same_on_all_processes("the config", config.to_dict())
   report.prepare_workdir(workdir, config, write=main_process)
 
-  mesh = sharding.make_mesh(config.mesh.data)
+  mesh = sharding.mesh_from_config(config.mesh)
+  logging.info("mesh %s", sharding.describe(mesh))
   sharding.check_batch(config.data.batch_size, mesh)
   sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  batch_sh = sharding.batch_sharding(mesh)
 
   tokenizer = text.make_tokenizer(config.data.tokenizer)
   domains = text.load_domains(config.data, tokenizer)
   names = [d.name for d in domains]
+  sharding.assert_same_on_all_processes("the domains", names)
   train_sources, valid_sources = [d.train for d in domains], [d.valid for d in domains]
   if config.train.objective == "mlm":
     prob = config.data.mlm_probability or 0.15  # BERT's 15%
@@ -70,29 +75,16 @@ def run(config, workdir: str) -> dict:
     train_sources = [wrap(s, i) for i, s in enumerate(train_sources)]
     valid_sources = [wrap(s, 500 + i) for i, s in enumerate(valid_sources)]  # other masks
   steps = [int(config.train.steps_per_domain)] * len(names)
-  schedule = schedules.make(config, steps)
+  schedule = growth_events.rewarm(config.growth, schedules.make(config, steps))
   tx = optim.make_optimizer(config.optim, schedule)
   objective = objectives.make(config.train.objective, models.build)
   model = objective.method.build(config, tokenizer.vocab_size, nnx.Rngs(config.seed))
+  grower = growth_events.Grower(config, model.config, objective.method, tx, len(names))
   model_flops = models.train_flops_per_token(config, tokenizer.vocab_size)
   # `seen` / `current` mark domains here (trained so far / being trained).
   graphdef, state = state_lib.init_state(model, nnx.Param, tx, {}, len(names), config.seed)
   num_params = state_lib.count_params(state.params)
   del model
-  state = jax.device_put(state, repl)
-  state_sh = jax.tree.map(lambda _: repl, state)
-  train_step = step_lib.make_train_step(
-    objective.method,
-    graphdef,
-    tx,
-    scale="none",
-    skip_nonfinite=config.train.nan_policy == "skip",
-    state_sharding=state_sh,
-    batch_sharding=batch_sh,
-  )
-  loss_step = step_lib.make_loss_step(
-    objective.loss_sums, graphdef, state_sharding=state_sh, batch_sharding=batch_sh
-  )
   reset = config.optim.reset_per_task
 
   def begin(state, domain):
@@ -100,7 +92,26 @@ def run(config, workdir: str) -> dict:
     ids = jnp.arange(state.seen.shape[0])
     return state.replace(task=domain, seen=ids <= domain, current=ids == domain, opt=opt)
 
-  begin_domain = step_lib.make_state_fn(begin, state_sharding=state_sh)
+  def jit_steps(graphdef, state):
+    """Shardings and jitted steps of one model shape (built again after a growth event)."""
+    state_sh = sharding.state_shardings(state, mesh, replicate_frozen=False)  # FSDP / tensor
+    train_step = step_lib.make_train_step(
+      objective.method,
+      graphdef,
+      tx,
+      scale="none",
+      skip_nonfinite=config.train.nan_policy == "skip",
+      state_sharding=state_sh,
+      batch_sharding=batch_sh,
+    )
+    loss_step = step_lib.make_loss_step(
+      objective.loss_sums, graphdef, state_sharding=state_sh, batch_sharding=batch_sh
+    )
+    begin_domain = step_lib.make_state_fn(begin, state_sharding=state_sh)
+    return state_sh, train_step, loss_step, begin_domain
+
+  state_sh, train_step, loss_step, begin_domain = jit_steps(graphdef, state)
+  state = jax.device_put(state, state_sh)
 
   rows = replay.from_config(config, train_sources, 0, sharding=batch_sh).plan.rows
   sharding.check_batch(rows, mesh, "data.batch_size plus replay rows")
@@ -112,16 +123,24 @@ def run(config, workdir: str) -> dict:
     "loss_rows": [],
     "curve": [],
     "tokens": 0,
+    "flops": 0.0,  # summed per step: a growth event changes the FLOPs per token
+    "growth_events": [],
     "train_seconds": 0.0,
     "skipped_steps": 0,
     "pre_anneal": None,  # checkpoint id of the state before the current domain's anneal
   }
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   data_state = None
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+  abstract = sharding.abstract(state, state_sh)
+  if config.resume and grower.events and grower.resume_count(ckpt.read_meta()):
+    graphdef, state = grower.init_state()  # the checkpoint holds the grown shape
+    state_sh, train_step, loss_step, begin_domain = jit_steps(graphdef, state)
+    abstract, model_flops = sharding.abstract(state, state_sh), grower.flops_per_token()
   restored = ckpt.restore(abstract) if config.resume else None
   if restored is not None:
     state, data_state, progress = restored.state, restored.data_state, restored.meta["progress"]
+    progress.setdefault("flops", progress["tokens"] * model_flops)
+    progress.setdefault("growth_events", [])
     logging.info(
       "resumed from step %d (domain %d, step %d in domain, phase %s)",
       restored.step,
@@ -196,6 +215,17 @@ def run(config, workdir: str) -> dict:
       pending, tick, tick_step = [], time.time(), progress["step_in_task"]
       global_step = int(state.step)
       while progress["step_in_task"] < steps[d]:
+        if grower.due(global_step):  # a new model shape: new state, jitted steps, FLOPs
+          graphdef, state, event = grower.grow(graphdef, state, global_step, it, valid_sources)
+          state_sh, train_step, loss_step, begin_domain = jit_steps(graphdef, state)
+          state = jax.device_put(state, state_sh)
+          skip_to = step_lib.make_state_fn(skip, state_sharding=state_sh)
+          abstract, model_flops = sharding.abstract(state, state_sh), grower.flops_per_token()
+          num_params = state_lib.count_params(state.params)
+          progress["growth_events"].append(event)
+          progress["tokens"] += event["extra_tokens"]  # read by a trained operator (LiGO)
+          progress["flops"] += event["extra_tokens"] * model_flops
+        state = grower.ramp(state, global_step, state_sh)  # MSG masks
         if branch[d] and global_step == branch[d][0] and progress["pre_anneal"] is None:
           # Keep the pre-anneal state: later domains continue from it at the constant rate.
           progress["pre_anneal"] = save(state, it.get_state(), keep_forever=True, pre_anneal=True)
@@ -203,6 +233,7 @@ def run(config, workdir: str) -> dict:
         pending.append((m["loss"], m["update_norm"], m["finite"]))
         progress["step_in_task"] += 1
         progress["tokens"] += tokens_per_step
+        progress["flops"] += tokens_per_step * model_flops
         global_step += 1
         s = progress["step_in_task"]
         stopping = preempted(global_step)
@@ -233,7 +264,7 @@ def run(config, workdir: str) -> dict:
               {
                 "step": global_step,
                 "tokens": progress["tokens"],
-                "flops": progress["tokens"] * model_flops,
+                "flops": progress["flops"],
                 "domain": d,
                 "val_loss": dict(zip(names, val, strict=True)),
               }
@@ -280,9 +311,9 @@ def run(config, workdir: str) -> dict:
     "loss_matrix": loss.round(6).tolist(),
     **metrics.loss_summary(loss),
     "tokens_seen": progress["tokens"],
-    "flops_seen": progress["tokens"] * model_flops,
+    "flops_seen": progress["flops"],
     "curve": progress["curve"],
-    "growth_events": [],
+    "growth_events": progress["growth_events"],
     "num_params": num_params,
     "train_seconds": round(progress["train_seconds"], 2),
     "tokens_per_sec": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
@@ -293,7 +324,7 @@ def run(config, workdir: str) -> dict:
     report.environment(),
     seed=config.seed,
     wall_seconds=round(time.time() - start, 2),
-    train_compiles=step_lib.TRACES["train"],
+    train_compiles=step_lib.TRACES["train"] - compiles_before,
   )
   if main_process:
     writers.write_json(os.path.join(workdir, "results.json"), results)

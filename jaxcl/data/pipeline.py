@@ -3,7 +3,8 @@
 Order is a pure function of (seed, task): the task's examples are shuffled globally
 (a fresh permutation every epoch), every process takes a disjoint interleaved
 shard, batches are assembled on each process and joined into one global array
-with `jax.make_array_from_process_local_data`. The iterator state is a small dict
+with `jax.make_array_from_process_local_data`. Which examples make up a global batch does not
+depend on the number of processes (only their row order does). The iterator state is a small dict
 (`get_state`/`set_state`) stored in every checkpoint, so a resumed run sees
 exactly the batches it would have seen.
 """
@@ -45,7 +46,8 @@ class TrainIterator:
     transform: a `grain.transforms.RandomMap` (per-example augmentation).
     global_batch: examples per step over all processes.
     seed: base seed; the task index is folded in by the caller.
-    sharding: the batch sharding (leading axis over `data`).
+    sharding: the batch sharding (leading axis over `data` x `fsdp`).
+    process_index, process_count: default to JAX's; given only to simulate processes.
   """
 
   def __init__(
@@ -58,13 +60,19 @@ class TrainIterator:
     seed: int,
     sharding,
     num_threads: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
   ):
     self.sharding = sharding
     self.global_batch = global_batch
-    pc, pi = jax.process_count(), jax.process_index()
+    pi, pc = _process(process_index, process_count)
+    if global_batch % pc:
+      raise ValueError(f"global batch {global_batch} does not split over {pc} processes")
     ds = grain.MapDataset.source(IndexedSource(source, indices)).seed(seed).shuffle()
     ds = ds.repeat(None)  # a new permutation every epoch
-    ds = ds[pi::pc]  # disjoint interleaved shard per process
+    # Process p reads positions p, p + P, p + 2P, ... of that endless stream: the shards are
+    # disjoint, and the B/P rows of every process together are B consecutive positions.
+    ds = ds[pi::pc]
     ds = ds.random_map(transform).batch(global_batch // pc, drop_remainder=True)
     opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * global_batch)
     self._it = iter(ds.to_iter_dataset(opts))
@@ -72,14 +80,26 @@ class TrainIterator:
   def __iter__(self):
     return self
 
+  def next_local(self) -> dict[str, np.ndarray]:
+    """This process's rows of the next global batch, as numpy."""
+    return next(self._it)
+
   def __next__(self) -> dict[str, jax.Array]:
-    return to_global(next(self._it), self.sharding)
+    return to_global(self.next_local(), self.sharding)
 
   def get_state(self) -> dict[str, Any]:
     return self._it.get_state()
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._it.set_state(state)
+
+
+def _process(index: int | None, count: int | None) -> tuple[int, int]:
+  pi = jax.process_index() if index is None else index
+  pc = jax.process_count() if count is None else count
+  if not 0 <= pi < pc:
+    raise ValueError(f"process index {pi} outside 0..{pc - 1}")
+  return pi, pc
 
 
 def eval_batches(
@@ -90,7 +110,24 @@ def eval_batches(
   Every process yields the same number of batches, so the collective eval step
   never waits on a process that ran out of data.
   """
-  pc, pi = jax.process_count(), jax.process_index()
+  for local in eval_local_batches(
+    source, indices, transform, global_batch=global_batch, num_threads=num_threads
+  ):
+    yield to_global(local, sharding)
+
+
+def eval_local_batches(
+  source,
+  indices,
+  transform,
+  *,
+  global_batch: int,
+  num_threads: int = 2,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's rows of `eval_batches` as numpy: examples pi, pi + P, ... of `indices`."""
+  pi, pc = _process(process_index, process_count)
   local_batch = global_batch // pc
   indices = np.asarray(indices)
   per_process = -(-len(indices) // pc)
@@ -106,7 +143,7 @@ def eval_batches(
       local = pad_rows(rows, local_batch)
     else:  # this process's shard ran out before the others'
       local = empty_like_batch(example or transform.map(source[int(indices[0])]), local_batch)
-    yield to_global(local, sharding)
+    yield local
 
 
 def pad_rows(rows: list[dict], size: int) -> dict[str, np.ndarray]:

@@ -12,6 +12,13 @@ axis (`blocks.attn.query.kernel` [L, D, H, Dh]) and run under `jax.lax.scan`; ot
 is a list (`blocks.0.attn.query.kernel` [D, H, Dh]). Both give the same logits for the same
 weights (jaxcl/models/text_loading.py converts between them and loads HF checkpoints).
 
+`growth_masks` adds the masks of Masked Structural Growth (Yao et al., ICLR 2024; see
+jaxcl/growth/msg.py) as non-trainable `GrowthMask` variables: hidden [D], heads [H],
+kv_heads [K], mlp [F] and layers [L], 1 for old units and c in [0, 1] for new ones. The
+residual stream, q/k/v and FFN activations are multiplied by them, norm statistics are taken
+under the hidden mask, and layer l computes x + c_l (block(x) - x). Without the flag the
+forward is the plain one.
+
     cfg = gpt.config_for("small")
     model = gpt.GPT(cfg, rngs=nnx.Rngs(0))
     logits = model(tokens)  # [B, T] int32 -> [B, T, V] float32; targets are tokens shifted left
@@ -22,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -50,6 +58,7 @@ class Config:
   dtype: str = "float32"
   scan_layers: bool = True
   remat: str = "none"  # a key of layers.REMAT_POLICIES: "none", "full", "dots"
+  growth_masks: bool = False  # MSG masks in the forward (jaxcl/growth/msg.py)
 
   def __post_init__(self):
     if self.style not in STYLES:
@@ -158,6 +167,103 @@ class Block(nnx.Module):
     x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope)
     return x + self.mlp(self.mlp_norm(x))
 
+  def masked(self, x, mask, rope, masks: dict, layer_mask):
+    """The block under MSG masks (`GPT.masks`): x + c (block(x) - x), c = `layer_mask`."""
+    m = masks["hidden"].astype(x.dtype)  # [D]
+    h = _masked_norm(self.attn_norm, x, m)
+    y = x + _masked_attention(self.attn, h, mask, rope, masks["heads"], masks["kv_heads"]) * m
+    h = _masked_norm(self.mlp_norm, y, m)
+    y = y + _masked_mlp(self.mlp, h, masks["mlp"]) * m
+    return x + layer_mask.astype(x.dtype) * (y - x)
+
+
+def _masked_norm(norm: nnx.Module, x, m):
+  """LayerNorm / RMSNorm with statistics weighted by m [D] (MSG's masked LayerNorm), times m.
+
+  With m in {0, 1} this is the norm of the selected coordinates, whatever the others hold.
+  """
+  x32, w = x.astype(jnp.float32), m.astype(jnp.float32)
+  n = jnp.sum(w)
+  if isinstance(norm, nnx.LayerNorm):
+    mean = jnp.sum(x32 * w, -1, keepdims=True) / n
+    var = jnp.sum(w * (x32 - mean) ** 2, -1, keepdims=True) / n
+    y = (x32 - mean) * jax.lax.rsqrt(var + norm.epsilon) * norm.scale[...]
+    y = y + norm.bias[...]
+  else:
+    ms = jnp.sum(w * x32 * x32, -1, keepdims=True) / n
+    y = x32 * jax.lax.rsqrt(ms + norm.epsilon) * norm.scale[...]
+  return (y * w).astype(x.dtype)
+
+
+def _masked_attention(attn: layers.Attention, x, mask, rope, m_heads, m_kv):
+  """`layers.Attention` with q scaled by the head mask [H] and k, v by the kv-head mask [K]."""
+  q = attn.query(x) * m_heads.astype(x.dtype)[:, None]  # [B, T, H, Dh]
+  k = attn.key(x) * m_kv.astype(x.dtype)[:, None]  # [B, T, K, Dh]
+  v = attn.value(x) * m_kv.astype(x.dtype)[:, None]  # [B, T, K, Dh]
+  if rope is not None:
+    q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, t, kv, h // kv, dh) * jnp.asarray(dh**-0.5, q.dtype)  # [B, T, K, G, Dh]
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  logits = jnp.where(jnp.expand_dims(mask, (-3, -4)), logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
+  context = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, h, dh)  # [B, T, H, Dh]
+  return attn.out(context)
+
+
+def _masked_mlp(mlp: layers.FeedForward, x, m):
+  """`layers.FeedForward` with its hidden activations [.., F] scaled by m [F]."""
+  act = layers.ACTIVATIONS[mlp.activation]
+  h = mlp.up(x)  # [B, T, F]
+  h = act(mlp.gate(x)) * h if hasattr(mlp, "gate") else act(h)
+  return mlp.down(h * m.astype(h.dtype))
+
+
+class GrowthMask(nnx.Variable):
+  """An MSG mask: 1 for old units, the ramp value c for new ones (not trained)."""
+
+
+class Masks(nnx.Module):
+  """The MSG masks of a GPT, all ones at construction (jaxcl/growth/msg.py sets them)."""
+
+  def __init__(self, cfg: Config):
+    def mask(n, axis):
+      return GrowthMask(jnp.ones((n,), jnp.float32), out_sharding=(axis,), eager_sharding=False)
+
+    self.hidden = mask(cfg.width, "embed")
+    self.heads = mask(cfg.num_heads, "heads")
+    self.kv_heads = mask(cfg.kv_heads, "kv_heads")
+    self.mlp = mask(cfg.mlp_dim, "mlp")
+    self.layers = mask(cfg.num_layers, "layers")
+
+  def values(self) -> dict:
+    names = ("hidden", "heads", "kv_heads", "mlp", "layers")
+    return {k: getattr(self, k)[...] for k in names}
+
+
+def _apply_masked_layers(blocks, x, mask, rope, masks: dict, remat: str):
+  """`layers.apply_layers` for `Block.masked`, with the per-layer mask scanned alongside."""
+  scan = not isinstance(blocks, nnx.List)
+
+  def layer_fn(graphdef):
+    def call(x, state, c):
+      return nnx.merge(graphdef, state).masked(x, mask, rope, masks, c)
+
+    if remat == "none":
+      return call
+    return jax.checkpoint(call, policy=layers.REMAT_POLICIES[remat], prevent_cse=not scan)
+
+  if scan:
+    graphdef, state = nnx.split(blocks)
+    call = layer_fn(graphdef)
+    x, _ = jax.lax.scan(lambda x, sc: (call(x, *sc), None), x, (state, masks["layers"]))
+    return x
+  for i, block in enumerate(blocks):
+    graphdef, state = nnx.split(block)
+    x = layer_fn(graphdef)(x, state, masks["layers"][i])
+  return x
+
 
 class GPT(nnx.Module):
   """Causal LM: `model(tokens [B, T]) -> logits [B, T, V]` (float32)."""
@@ -195,6 +301,8 @@ class GPT(nnx.Module):
         dtype=dtype,
         rngs=rngs,
       )  # kernel [D, V]
+    if cfg.growth_masks:
+      self.masks = Masks(cfg)
 
   def __call__(self, tokens):
     """Next-token logits: tokens [B, T] int -> [B, T, V] float32; T <= config.seq_len."""
@@ -209,8 +317,14 @@ class GPT(nnx.Module):
       x = x + self.pos_embed.embedding[:t].astype(dtype)  # [B, T, D]
     else:
       rope = layers.rope_tables(jnp.arange(t), cfg.head_size, cfg.rope_theta)  # 2 x [T, Dh]
-    x = layers.apply_layers(self.blocks, x, layers.causal_mask(t), rope, remat=cfg.remat)
-    x = self.final_norm(x)  # [B, T, D]
+    if cfg.growth_masks:
+      masks = self.masks.values()
+      x = x * masks["hidden"].astype(x.dtype)  # new hidden coordinates start at 0
+      x = _apply_masked_layers(self.blocks, x, layers.causal_mask(t), rope, masks, cfg.remat)
+      x = _masked_norm(self.final_norm, x, masks["hidden"])  # [B, T, D]
+    else:
+      x = layers.apply_layers(self.blocks, x, layers.causal_mask(t), rope, remat=cfg.remat)
+      x = self.final_norm(x)  # [B, T, D]
     if cfg.tie_embeddings:
       w = self.embed.embedding[...].astype(dtype)  # [V, D]
       return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)

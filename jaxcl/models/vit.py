@@ -35,6 +35,46 @@ VARIANTS = {
 }
 PROMPT_LAYOUTS = ("prepend_after_pos", "after_cls_before_pos")
 
+# Logical axis names of the ViT's parameters, by the end of their path (jaxcl/sharding.py maps
+# them onto the mesh). Shapes as in the google checkpoints.
+AXES = {
+  ("embedding", "kernel"): ("patch", "patch", None, "embed"),  # [P, P, C, D]
+  ("embedding", "bias"): ("embed",),
+  ("cls",): (None, None, "embed"),  # [1, 1, D]
+  ("pos_embedding",): (None, None, "embed"),  # [1, T, D]
+  ("scale",): ("embed",),  # LayerNorms
+  ("ln_0", "bias"): ("embed",),
+  ("ln_2", "bias"): ("embed",),
+  ("encoder_norm", "bias"): ("embed",),
+  ("query", "kernel"): ("embed", "heads", "kv"),  # [D, H, Dh]
+  ("key", "kernel"): ("embed", "heads", "kv"),
+  ("value", "kernel"): ("embed", "heads", "kv"),
+  ("query", "bias"): ("heads", "kv"),
+  ("key", "bias"): ("heads", "kv"),
+  ("value", "bias"): ("heads", "kv"),
+  ("out", "kernel"): ("heads", "kv", "embed"),  # [H, Dh, D]
+  ("out", "bias"): ("embed",),
+  ("dense_0", "kernel"): ("embed", "mlp"),  # [D, F]
+  ("dense_0", "bias"): ("mlp",),
+  ("dense_1", "kernel"): ("mlp", "embed"),  # [F, D]
+  ("dense_1", "bias"): ("embed",),
+  ("head", "kernel"): ("embed", "classes"),  # [D, classes]
+  ("head", "bias"): ("classes",),
+}
+
+
+def annotate(module: nnx.Module, axes: dict = AXES) -> None:
+  """Attaches logical axis names (metadata only) to the parameters whose path ends as a key
+  of `axes`; the values and the module's behaviour are unchanged."""
+  for path, node in nnx.iter_graph(module):
+    if not isinstance(node, nnx.Param):
+      continue
+    for n in (2, 1):
+      names = axes.get(tuple(str(p) for p in path[-n:]))
+      if names is not None and len(names) == node[...].ndim:
+        node.set_metadata(out_sharding=names)
+        break
+
 
 def parse_variant(variant: str) -> tuple[dict, int]:
   """`"B/16"` -> (dimensions of ViT-B, patch size 16); also `"Ti/4"`, `"mu/4"`, ..."""
@@ -97,6 +137,7 @@ class ViT(nnx.Module):
     if num_classes > 0:  # logits in float32: the head is small and feeds the loss.
       zeros = nnx.initializers.zeros_init()
       self.head = nnx.Linear(width, num_classes, kernel_init=zeros, rngs=rngs)
+    annotate(self)
 
   def __call__(
     self,

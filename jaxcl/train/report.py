@@ -10,6 +10,7 @@ import subprocess
 
 import jax
 import numpy as np
+from etils import epath
 
 from jaxcl import config_lib, metrics, writers
 
@@ -28,14 +29,13 @@ def prepare_workdir(workdir: str, config, *, write: bool) -> None:
   `--config.resume=false` the old checkpoints are moved aside to `checkpoints.old-<time>`,
   never deleted.
   """
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  has_ckpt = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+  root = epath.Path(workdir)  # local or gs://
+  root.mkdir(parents=True, exist_ok=True)
+  path, ckpt_dir = root / "config.json", root / "checkpoints"
+  has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
   new = json.loads(config.to_json())
-  if has_ckpt and config.resume and os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  if has_ckpt and config.resume and path.exists():
+    old = json.loads(path.read_text())
     changed = config_lib.diff(config_lib.run_identity(old), config_lib.run_identity(new))
     if changed:
       raise ConfigMismatch(
@@ -47,8 +47,8 @@ def prepare_workdir(workdir: str, config, *, write: bool) -> None:
   if write:
     if has_ckpt and not config.resume:
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-      os.replace(ckpt_dir, f"{ckpt_dir}.old-{stamp}")
-    writers.write_json(path, new)
+      ckpt_dir.rename(root / f"checkpoints.old-{stamp}")
+    writers.write_json(str(path), new)
 
 
 def metrics_matrix(rows: list[list[float]], num_tasks: int) -> np.ndarray:

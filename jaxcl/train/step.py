@@ -2,8 +2,8 @@
 
 Each step is a pure function of the learner state, jitted once with the state
 donated and explicit shardings. `TRACES` counts how often each was traced; for
-fixed shapes a trace is a compilation, and the loop reports `TRACES["train"]` as
-`train_compiles` (1 for a whole task sequence).
+fixed shapes a trace is a compilation, and a run reports the growth of `TRACES["train"]`
+during it as `train_compiles` (1 for a whole task sequence, +1 per growth event).
 """
 
 from __future__ import annotations

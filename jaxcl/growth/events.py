@@ -1,0 +1,242 @@
+"""Growth events inside a continual-pretraining run (jaxcl/cpt/run.py calls into this).
+
+`config.growth.events` is a list of dicts, applied in order once the run has taken `step`
+train steps:
+
+    dict(step=200, operator="g_stack", num_layers=4)              # depth x4 (G_stack)
+    dict(step=200, operator="msg", width=128, num_heads=4, ramp_steps=100)
+    dict(step=200, operator="ligo", num_layers=4, width=128, ligo_steps=20)
+
+Target keys: num_layers, width, num_heads, num_kv_heads, mlp_dim (unchanged when absent).
+At an event the `Grower` builds the large model, maps the parameters with the operator
+(jaxcl/growth/*), grows the optimizer state (`growth.opt_state`: carry | reset), and measures
+the largest logit change on a fixed validation batch; the run then jits its steps again for
+the new shape, the only recompilation. The schedule is global; `growth.rewarm_steps` > 0
+multiplies it by a linear re-warmup after every event (G_stack's recipe restarts its warmup).
+MSG's masks ramp 0 -> 1 over the event's `ramp_steps` (default `growth.ramp_steps`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from flax import nnx
+
+from jaxcl import growth
+from jaxcl.cpt import models
+from jaxcl.data import text
+from jaxcl.growth import base, ligo, msg, optimizer
+from jaxcl.train import state as state_lib
+from jaxcl.train import step as step_lib
+
+SHAPE_KEYS = ("num_layers", "width", "num_heads", "num_kv_heads", "mlp_dim")
+EVENT_KEYS = ("step", "operator", "ramp_steps", "ligo_steps", *SHAPE_KEYS)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.growth`: no events by default."""
+  c = ml_collections.ConfigDict()
+  c.events = []  # list of dict(step=..., operator=..., <target shape>)
+  c.opt_state = "carry"  # carry (moments of old entries kept, new ones zero) | reset
+  c.rewarm_steps = 0  # >0: the lr re-warms linearly over this many steps after each event
+  c.ramp_steps = 100  # MSG / G_random: steps for the masks to go from 0 to 1
+  c.ligo_steps = 100  # LiGO: steps to train the growth operator (Wang et al. 2023: 100)
+  c.ligo_lr = 1e-3  # LiGO: Adam learning rate of the operator
+  return c
+
+
+def parse_events(growth_config) -> list[dict]:
+  """The events as plain dicts, checked: known keys and operators, increasing steps."""
+  events, last = [], 0
+  for raw in growth_config.events:
+    e = dict(raw)
+    unknown = set(e) - set(EVENT_KEYS)
+    if unknown or "step" not in e or "operator" not in e:
+      raise ValueError(f"growth event {e}: needs step and operator; unknown keys {unknown}")
+    if e["operator"] != "ligo":
+      growth.get(e["operator"])
+    if int(e["step"]) <= last:
+      raise ValueError(f"growth event steps must increase and be > 0, got {e['step']}")
+    last = int(e["step"])
+    events.append(e)
+  return events
+
+
+def rewarm(growth_config, schedule):
+  """`schedule` times min(1, (t - s + 1) / W) after every event step s (W = rewarm_steps)."""
+  warm = int(growth_config.rewarm_steps)
+  starts = [int(e["step"]) for e in growth_config.events]
+  if warm <= 0 or not starts:
+    return schedule
+
+  def rewarmed(count):
+    t = jnp.asarray(count, jnp.float32)
+    factor = jnp.ones_like(t)
+    for s in starts:
+      factor = factor * jnp.where(t >= s, jnp.clip((t - s + 1) / warm, 0.0, 1.0), 1.0)
+    return schedule(count) * factor
+
+  return rewarmed
+
+
+def shape_of(cfg: base.ModelConfig) -> dict:
+  d = base.dims(cfg)
+  return dict(
+    num_layers=d["L"], width=d["D"], num_heads=d["H"], num_kv_heads=d["K"], mlp_dim=d["F"]
+  )
+
+
+def logits_of(model, batch: dict, objective: str):
+  """The logits the objective trains: next-token [B, T, V] or masked-LM [B, T, V]."""
+  if objective == "lm":
+    return model(batch["tokens"][:, :-1])
+  return model(batch["tokens"])[1]
+
+
+class Grower:
+  """The growth events of one run: shapes per stage, and applying the next event."""
+
+  def __init__(self, config, model_cfg: base.ModelConfig, method, tx, num_domains: int):
+    self.config, self.method, self.tx = config, method, tx
+    self.num_domains = num_domains
+    self.events = parse_events(config.growth)
+    if self.events and config.train.anneal_branch:
+      raise ValueError("growth events with train.anneal_branch are not supported")
+    self.ops, self.cfgs = [], [model_cfg]
+    for e in self.events:
+      op = ligo.OPERATOR if e["operator"] == "ligo" else growth.get(e["operator"])
+      shape = {k: e[k] for k in SHAPE_KEYS if k in e}
+      self.ops.append(op)
+      self.cfgs.append(growth.target(op, self.cfgs[-1], shape))
+    self.done = 0
+    self._ramp_fn = None
+
+  def due(self, step: int) -> bool:
+    return self.done < len(self.events) and int(self.events[self.done]["step"]) == step
+
+  def flops_per_token(self) -> float:
+    return models.flops_per_token(self.cfgs[self.done], self.config.data.seq_len)
+
+  def resume_count(self, meta: dict | None) -> int:
+    """Events applied in a checkpoint, from its metadata; sets `done`."""
+    self.done = len(meta["progress"].get("growth_events", [])) if meta else 0
+    return self.done
+
+  def init_state(self):
+    """(graphdef, state) of a fresh model of the current stage's shape (a restore target)."""
+    model = growth.build_model(self.cfgs[self.done], self.config.seed)
+    return state_lib.init_state(model, nnx.Param, self.tx, {}, self.num_domains, self.config.seed)
+
+  def grow(self, graphdef, state, step: int, batches, valid_sources):
+    """Applies the next event to `state`; returns (graphdef, state, record).
+
+    `batches` feeds a trained operator (LiGO); the logit change is measured on the first
+    validation batch of the first domain.
+    """
+    valid_batch = self._valid_batch(valid_sources[0], state)
+    i = self.done
+    event, op = self.events[i], self.ops[i]
+    src_cfg, dst_cfg = self.cfgs[i], self.cfgs[i + 1]
+    big = growth.build_model(dst_cfg, self.config.seed + 1 + i)
+    dst_graphdef, params, frozen = nnx.split(big, nnx.Param, ...)
+    src = nnx.to_pure_dict(state.params)
+    init = nnx.to_pure_dict(params)
+    extra_tokens = 0
+    if op is ligo.OPERATOR:
+      steps = int(event.get("ligo_steps", self.config.growth.ligo_steps))
+      new, extra_tokens = ligo.train(
+        src,
+        init,
+        src_cfg,
+        dst_cfg,
+        self._loss_fn(dst_graphdef, params, frozen),
+        batches,
+        steps=steps,
+        lr=self.config.growth.ligo_lr,
+        seed=self.config.seed + i,
+      )
+    else:
+      new = growth.grow_params(op, src, src_cfg, dst_cfg, init, self.config.seed + i)
+    nnx.replace_by_pure_dict(params, new)
+    if op.masked:
+      old = nnx.to_pure_dict(state.frozen)["masks"] if src_cfg.growth_masks else None
+      nnx.replace_by_pure_dict(frozen, {"masks": msg.initial_masks(src_cfg, dst_cfg, old)})
+    layer_sources = op.layer_sources(src_cfg.num_layers, dst_cfg.num_layers)
+    opt = optimizer.grow_opt_state(
+      self.tx, state.opt, params, layer_sources, self.config.growth.opt_state
+    )
+    before = self._logits(graphdef, state.params, state.frozen, valid_batch)
+    new_state = state.replace(params=params, frozen=frozen, opt=opt)
+    after = self._logits(dst_graphdef, params, frozen, valid_batch)
+    change = float(jnp.max(jnp.abs(after - before)))
+    record = {
+      "step": int(step),
+      "operator": op.name,
+      "from": shape_of(src_cfg),
+      "to": shape_of(dst_cfg),
+      "max_abs_logit_change": change,
+      "exact": op.exact,
+      "extra_tokens": int(extra_tokens),
+    }
+    logging.info("growth at step %d: %s", step, record)
+    self.done += 1
+    self._ramp_fn = None
+    return dst_graphdef, new_state, record
+
+  def _valid_batch(self, source, state) -> dict:
+    sh = jax.tree.leaves(state.params)[0].sharding
+    if isinstance(sh, jax.sharding.NamedSharding):
+      sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())  # replicated
+    data = self.config.data
+    batches = text.valid_batches(
+      source,
+      num_sequences=data.valid_sequences,
+      global_batch=data.eval_batch_size,
+      sharding=sh,
+      num_threads=data.num_threads,
+    )
+    return next(iter(batches))
+
+  def _logits(self, graphdef, params, frozen, batch):
+    objective = self.config.train.objective
+    fn = jax.jit(lambda p, f, b: logits_of(nnx.merge(graphdef, p, f), b, objective))
+    with jax.default_matmul_precision("highest"):
+      return fn(params, frozen, batch)
+
+  def _loss_fn(self, graphdef, params_template, frozen):
+    """loss(pure params, batch) of the large model, for training LiGO's operator."""
+    method = self.method
+
+    def loss(pure, batch):
+      p = jax.tree.map(lambda x: x, params_template)
+      nnx.replace_by_pure_dict(p, pure)
+      value, _ = method.loss(nnx.merge(graphdef, p, frozen), {}, batch, None)
+      return value
+
+    return loss
+
+  def ramp(self, state, step: int, state_sharding):
+    """MSG: the masks' value for the train step after `step` steps (no-op outside a ramp)."""
+    if not self.done or not self.ops[self.done - 1].masked:
+      return state
+    event = self.events[self.done - 1]
+    start = int(event["step"])
+    length = int(event.get("ramp_steps", self.config.growth.ramp_steps))
+    if not start <= step <= start + length:
+      return state
+    if self._ramp_fn is None:
+
+      def set_masks(state, c):
+        frozen = jax.tree_util.tree_map_with_path(
+          lambda path, m: msg.set_ramp(m, c) if _in_masks(path) else m, state.frozen
+        )
+        return state.replace(frozen=frozen)
+
+      self._ramp_fn = step_lib.make_state_fn(set_masks, state_sharding=state_sharding)
+    return self._ramp_fn(state, msg.ramp(step, start, length))
+
+
+def _in_masks(path) -> bool:
+  return any(getattr(p, "key", None) == "masks" for p in path)

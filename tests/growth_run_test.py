@@ -1,0 +1,67 @@
+"""Growth inside a continual-pretraining run: the configs, recompilation, results, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from helpers import load_config
+
+from jaxcl.cpt import run as cpt_run
+from jaxcl.train import step as step_lib
+
+CONFIGS = ("growth_stack", "growth_msg", "growth_bert2bert", "growth_ligo")
+EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function preserving
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_growth_config_smoke_run(name, tmp_path):
+  step_lib.TRACES.clear()
+  config = load_config(name, "smoke")
+  results = cpt_run.run(config, str(tmp_path))
+  assert results["train_compiles"] == 1 + len(config.growth.events) == 2
+  (event,) = results["growth_events"]
+  assert set(event) >= {"step", "operator", "from", "to", "max_abs_logit_change"}
+  assert event["step"] == config.growth.events[0]["step"]
+  assert event["to"]["num_layers"] >= event["from"]["num_layers"]
+  if name in EXACT:
+    assert event["max_abs_logit_change"] < 1e-5
+  else:
+    assert event["max_abs_logit_change"] > 1e-3
+  flops = [p["flops"] for p in results["curve"]]
+  assert all(b > a for a, b in zip(flops, flops[1:], strict=False))
+  assert results["flops_seen"] == pytest.approx(flops[-1])
+  assert np.isfinite(results["loss_matrix"]).all()
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert written["growth_events"] == results["growth_events"]
+  for key, other in (("default", None), ("smoke", None)):
+    assert load_config(name, key).preset == key and other is None
+
+
+def _ckpt_ids(workdir) -> list[int]:
+  names = os.listdir(workdir / "checkpoints")
+  return sorted(int(n) for n in names if n.isdigit())
+
+
+@pytest.mark.parametrize("keep_through_step", [2, 5])  # before / after the event at step 3
+def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_through_step):
+  overrides = {"checkpoint.every_steps": 1, "checkpoint.keep": 100}
+  straight = cpt_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "a"))
+  # A run "killed" after `keep_through_step` steps: its later checkpoints never happened.
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  os.remove(tmp_path / "b" / "results.json")
+  task = 0 if keep_through_step <= 4 else 1
+  last = 2 * (keep_through_step + task)  # checkpoint id of that step (jaxcl/cpt/run.py save)
+  for i in _ckpt_ids(tmp_path / "b"):
+    if i > last:
+      shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i))
+  step_lib.TRACES.clear()
+  resumed = cpt_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "b"))
+  assert resumed["growth_events"] == straight["growth_events"]
+  np.testing.assert_allclose(resumed["loss_matrix"], straight["loss_matrix"], rtol=0, atol=1e-6)
+  assert resumed["curve"][-1]["flops"] == pytest.approx(straight["curve"][-1]["flops"])
+  # Resuming before the event compiles the small and the grown step; after it, only the grown.
+  assert resumed["train_compiles"] == (2 if keep_through_step < 3 else 1)

@@ -1,0 +1,82 @@
+"""Every notebooks/*.ipynb runs top to bottom in a fresh kernel, and is stored clean.
+
+The kernel gets `JAXCL_NOTEBOOK_SMOKE=1` (each notebook then shrinks its runs to seconds) and
+one CPU device, like a single-chip Colab runtime; cells meant for Colab, a TPU or user data
+skip themselves (see the first cell of each notebook).
+"""
+
+import glob
+import json
+import os
+import re
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[test]' (nbformat)")
+nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[test]' (nbclient)")
+kernelspec = pytest.importorskip("jupyter_client.kernelspec", reason="needs jupyter_client")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+KERNEL = "python3"
+COLAB = "https://colab.research.google.com/github/"
+
+
+def _ids(paths):
+  return [os.path.basename(p) for p in paths]
+
+
+def _has_kernel() -> bool:
+  try:
+    return KERNEL in kernelspec.KernelSpecManager().find_kernel_specs()
+  except Exception:  # noqa: BLE001  (a broken Jupyter install: skip, don't error)
+    return False
+
+
+def test_there_are_notebooks():
+  names = set(_ids(NOTEBOOKS))
+  expected = ("quickstart", "continual_pretraining", "growth", "read_workdir")
+  assert {f"{name}.ipynb" for name in expected} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_stored_without_outputs_and_with_colab_link(path):
+  with open(path) as f:
+    nb = json.load(f)
+  for i, cell in enumerate(nb["cells"]):
+    if cell["cell_type"] == "code":
+      assert not cell["outputs"] and cell["execution_count"] is None, f"cell {i} has outputs"
+  first = "".join(nb["cells"][0]["source"])
+  links = re.findall(re.escape(COLAB) + r"[^)\s]+", first)
+  assert links, "the first cell has no Open-in-Colab link"
+  assert all(link.endswith(f"/blob/main/notebooks/{os.path.basename(path)}") for link in links)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  """A persistent XLA cache shared by the notebooks (several compile the same smoke steps)."""
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_runs_top_to_bottom(path, tmp_path, monkeypatch, compile_cache):
+  if not _has_kernel():
+    pytest.skip(f"no Jupyter kernel {KERNEL!r}: pip install -e '.[test]' (ipykernel)")
+  # The kernel inherits this environment: smoke-sized runs, one CPU device, temp files here.
+  monkeypatch.setenv("JAXCL_NOTEBOOK_SMOKE", "1")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compile_cache)
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setenv("TMPDIR", str(tmp_path))
+  for name in ("JAXCL_CIFAR100_DIR", "JAXCL_VIT_B16", "JAXCL_WORKDIR"):
+    monkeypatch.delenv(name, raising=False)
+  nb = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(
+    nb,
+    timeout=300,
+    kernel_name=KERNEL,
+    resources={"metadata": {"path": os.path.dirname(path)}},
+  )
+  client.execute()  # raises CellExecutionError naming the failing cell and its traceback
