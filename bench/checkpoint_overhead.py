@@ -113,8 +113,10 @@ def main() -> None:
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}")
   print("Part 1: async checkpointing at the default interval (default glyph presets)")
   print(f"{'config':12} {'s/step':>8} {'blocked':>8} {'s/save':>8} {'every':>6} {'overhead':>9}")
+  rows = []
   for name in args.configs.split(","):
     r = overhead(name, args.steps, args.saves)
+    rows.append({"part": "overhead", "config": name, **r})
     print(
       f"{name:12} {r['step_s']:8.3f} {r['blocked_s']:8.3f} {r['extra_s']:8.3f} {r['interval']:6d}"
       f" {100 * r['share']:8.3f}%"
@@ -123,9 +125,11 @@ def main() -> None:
   print(f"{'config':12} {'MB':>8} {'save s':>8} {'async s':>8} {'restore s':>9}")
   for name in args.configs.split(","):
     r = save_restore(name, args.big)
+    rows.append({"part": "save_restore", "config": name, "variant": args.big, **r})
     print(
       f"{name:12} {r['mb']:8.0f} {r['save_s']:8.2f} {r['async_block_s']:8.2f} {r['restore_s']:9.2f}"
     )
+  learner.write_report("checkpoint_overhead", args, rows)
 
 
 if __name__ == "__main__":

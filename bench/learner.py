@@ -5,6 +5,7 @@ Shared by the bench scripts: `build("l2p", "cifar100", {"model.variant": "B/16"}
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -76,3 +77,22 @@ def seconds_per_call(fn, calls: int) -> float:
     out = fn()
   jax.block_until_ready(out)
   return (time.perf_counter() - start) / calls
+
+
+def write_report(name: str, args, rows: list[dict]) -> str:
+  """Writes bench/results/<name>.json: the rows, the flags, the device, the date and the load."""
+  path = os.path.join(ROOT, "bench", "results", f"{name}.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  report = {
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "jax": jax.__version__,
+    "device": f"{jax.devices()[0].platform} x{jax.device_count()}",
+    "load_average": os.getloadavg(),
+    "args": vars(args),
+    "rows": rows,
+  }
+  with open(path, "w") as f:
+    json.dump(report, f, indent=1)
+    f.write("\n")
+  print(f"wrote {path}")
+  return path

@@ -55,13 +55,17 @@ def main() -> None:
     f"{args.image_size}x{args.image_size}, {args.steps} timed steps"
   )
   print(f"{'variant':8} {'method':11} {'ex/s':>8} {'s/step':>8} {'query s':>8} {'query share':>12}")
+  rows = []
   for variant in args.variants.split(","):
     for name in args.methods.split(","):
       r = bench(CONFIGS[name], variant, args.image_size, args.batch, args.steps)
+      rows.append({"variant": variant, "method": name, **r})
       share = "" if name == "finetune" else f"{100 * r['query_s'] / r['step_s']:11.1f}%"
       print(
         f"{variant:8} {name:11} {r['ex_s']:8.2f} {r['step_s']:8.2f} {r['query_s']:8.2f} {share:>12}"
       )
+
+  learner.write_report("prompt_throughput", args, rows)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,18 @@ def oneprompt(c):
   c.method.e_layers = (2, 3)
 
 
+def fmnist(c):
+  """Split Fashion-MNIST 5 x 2: the default at 10x the learning rate.
+
+  Measured here (embedded ViT, 4 + 1 epochs, A_last; finetune 20.0): lr 3e-4 20.2, 1e-3 25.9,
+  3e-3 31.2, 1e-2 34.9, 3e-2 27.8. Short of finetune + 20: with 2 classes per task the
+  masked-logit training never calibrates one task's logits against another's (README, Results);
+  the outlier phase does not recover that here.
+  """
+  default(c)
+  c.optim.lr = 1e-2
+
+
 def smoke(c):
   official(c, 1, 1)
   c.data.batch_size = 8
@@ -116,6 +128,7 @@ def get_config(arg=None):
   c.eval.mask_unseen = True
   presets = config_lib.cil_presets(
     default=default,
+    fmnist=fmnist,
     smoke=smoke,
     cifar100=cifar100,
     imagenet_r=imagenet_r,
