@@ -38,23 +38,14 @@ def default(c):
 
 
 def smoke(c):
-  c.data.domains = "prose:json,code:json"
-  c.data.seq_len = 16
-  c.data.batch_size = 8
-  c.data.eval_batch_size = 8
-  c.data.valid_fraction = 0.2
-  c.data.valid_sequences = 8
-  c.model.preset = "tiny"
+  config_lib.text_smoke(c)
   c.schedule.name = "rewarm_cosine"
-  c.schedule.eta_max = 3e-3
-  c.schedule.eta_min = 3e-4
   c.replay.fraction = 0.25  # 2 of 8 rows from the earlier domain
   c.train.steps_per_domain = 6
   c.train.log_every_steps = 2
   c.eval.every_steps = 3
   c.eval.dense_steps = 2
   c.eval.dense_every = 1
-  c.train.peak_tflops = 1.0  # do not spend test time measuring a matmul
 
 
 def mlm(c):

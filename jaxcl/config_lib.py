@@ -384,6 +384,21 @@ def cil_presets(**method_presets: Callable[[ConfigDict], None]) -> dict:
 # ---------------------------------------------------------------------------
 
 
+def text_smoke(c: ConfigDict) -> None:
+  """Seconds-long text runs for tests: the bundled JSON prose/code samples, 16-token
+  sequences, the `tiny` GPT/BERT, a fixed matmul peak (no measuring in tests)."""
+  c.data.domains = "prose:json,code:json"
+  c.data.seq_len = 16
+  c.data.batch_size = 8
+  c.data.eval_batch_size = 8
+  c.data.valid_fraction = 0.2
+  c.data.valid_sequences = 8
+  c.model.preset = "tiny"
+  c.schedule.eta_max = 3e-3
+  c.schedule.eta_min = 3e-4
+  c.train.peak_tflops = 1.0
+
+
 def growth_text(c: ConfigDict, *, smoke: bool) -> None:
   """The stream of every growth config: the default offline text domains (stdlib prose, then
   stdlib code), byte tokens, one cosine over both domains; the target model is GPT `mini`
@@ -395,19 +410,10 @@ def growth_text(c: ConfigDict, *, smoke: bool) -> None:
   c.schedule.warmup_steps = 10
   c.replay.fraction = 0.0
   if smoke:
-    c.data.domains = "prose:json,code:json"
-    c.data.seq_len = 16
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 8
-    c.data.valid_fraction = 0.2
-    c.data.valid_sequences = 8
-    c.model.preset = "tiny"
-    c.schedule.eta_max = 3e-3
-    c.schedule.eta_min = 3e-4
+    text_smoke(c)
     c.schedule.warmup_steps = 1
     c.train.steps_per_domain = 4
     c.train.log_every_steps = 2
-    c.train.peak_tflops = 1.0
     c.eval.every_steps = 2
     c.eval.dense_steps = 0
     c.growth.ramp_steps = 2
