@@ -51,18 +51,7 @@ def _keep_schedule_count(fresh, old):
 
 def run(config, workdir: str) -> dict:
   """Trains the domain sequence; returns the results.json dict (DESIGN.md §3)."""
-  start = time.time()
-  compiles_before = step_lib.TRACES["train"]  # a per-process counter
-  workdir = writers.absolute(workdir)
-  main_process = jax.process_index() == 0
-  sharding.assert_same_on_all_processes("the config", config.to_dict())
-  report.prepare_workdir(workdir, config, write=main_process)
-
-  mesh = sharding.mesh_from_config(config.mesh)
-  logging.info("mesh %s", sharding.describe(mesh))
-  sharding.check_batch(config.data.batch_size, mesh)
-  sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-  batch_sh = sharding.batch_sharding(mesh)
+  start, compiles_before, workdir, main_process, mesh, batch_sh = loop.prepare_run(config, workdir)
 
   tokenizer = text.make_tokenizer(config.data.tokenizer)
   domains = text.load_domains(config.data, tokenizer)

@@ -87,20 +87,36 @@ def trains(method, task: int) -> bool:
   return method.loss is not None and (task == 0 or method.train_tasks == "all")
 
 
-def run(config, workdir: str) -> dict:
-  """Trains and evaluates a whole task sequence; returns the results.json dict."""
+class RunSetup(NamedTuple):
+  start: float  # time.time() at the start
+  compiles_before: int  # step.TRACES["train"] at the start (a per-process counter)
+  workdir: str  # absolute (or a gs:// URL)
+  main_process: bool  # process 0 writes logs and outputs
+  mesh: jax.sharding.Mesh
+  batch_sh: jax.sharding.NamedSharding
+
+
+def prepare_run(config, workdir: str) -> RunSetup:
+  """What every run (class-incremental or continual pretraining) does first: check that all
+  processes agree on the config, prepare the workdir, build the mesh and check the batches."""
   start = time.time()
-  compiles_before = step_lib.TRACES["train"]  # a per-process counter
+  compiles_before = step_lib.TRACES["train"]
   workdir = writers.absolute(workdir)
   main_process = jax.process_index() == 0
   sharding.assert_same_on_all_processes("the config", config.to_dict())
   report.prepare_workdir(workdir, config, write=main_process)
-
   mesh = sharding.mesh_from_config(config.mesh)
   logging.info("mesh %s", sharding.describe(mesh))
   sharding.check_batch(config.data.batch_size, mesh)
   sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-  batch_sh = sharding.batch_sharding(mesh)
+  return RunSetup(
+    start, compiles_before, workdir, main_process, mesh, sharding.batch_sharding(mesh)
+  )
+
+
+def run(config, workdir: str) -> dict:
+  """Trains and evaluates a whole task sequence; returns the results.json dict."""
+  start, compiles_before, workdir, main_process, mesh, batch_sh = prepare_run(config, workdir)
 
   method = methods.get(config.method.name).make(config)
   bench = benchmark.build(config.data, joint=method.joint)
