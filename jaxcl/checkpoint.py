@@ -16,6 +16,7 @@ written by the primary process only, so `data_state` must be the same on all pro
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, NamedTuple
 
@@ -119,8 +120,11 @@ class Checkpointer:
 
     Replacing matters after a fallback past a bad checkpoint (training reaches its step
     again) and when a task boundary falls on a step already saved periodically. A step once
-    marked `keep_forever` stays permanent when it is replaced.
+    marked `keep_forever` stays permanent when it is replaced. `data_state` and `meta` are
+    copied now: orbax serializes JSON items later, in its background thread, while the loops
+    go on mutating their progress dicts.
     """
+    data_state, meta = json.loads(json.dumps(data_state)), json.loads(json.dumps(meta))
     self._mgr.wait_until_finished()  # the previous save, and its garbage collection, are done
     if step in self._mgr.all_steps():
       logging.info("checkpoint step %d exists in %s; replacing it", step, self.directory)

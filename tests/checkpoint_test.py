@@ -137,6 +137,23 @@ def test_async_save_is_listed_after_wait(tmp_path):
   assert step_dirs(tmp_path) == ["7"]  # the tmp directory was renamed into place
 
 
+def test_async_save_writes_meta_and_data_state_as_they_were_at_the_call(tmp_path):
+  """The loops keep mutating their progress dict while orbax writes in the background."""
+  mesh = sharding.make_mesh(8)
+  ck = checkpoint.Checkpointer(str(tmp_path), async_save=True)
+  progress = {"step_in_task": 5, "curve": [{"step": 5}]}
+  data_state = {"next_index": 40, "order": [2, 0, 1]}
+  ck.save(5, big_tree(mesh, 0.0), data_state=data_state, meta={"progress": progress})
+  progress["step_in_task"] += 1
+  progress["curve"].append({"step": 6})
+  data_state["next_index"] += 8
+  data_state["order"].reverse()
+  ck.wait()
+  r = ck.restore(abstract(big_tree(mesh, 0.0), mesh))
+  assert r.meta == {"progress": {"step_in_task": 5, "curve": [{"step": 5}]}}
+  assert r.data_state == {"next_index": 40, "order": [2, 0, 1]}
+
+
 def test_retention_keeps_task_boundaries_and_the_latest(tmp_path):
   tree = {"w": jnp.arange(8.0)}
   ck = checkpoint.Checkpointer(str(tmp_path), keep=2)
