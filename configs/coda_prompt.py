@@ -76,6 +76,7 @@ def get_config(arg=None):
   c.method.init_range = (0.0, 1.0)  # torch nn.init.uniform_
   c.method.head_init = "torch"  # zeros | lecun | torch
   c.method.train_mask = "current"
+  config_lib.vor(c)  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
   c.eval.mask_unseen = True
   presets = config_lib.cil_presets(
     default=default, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r

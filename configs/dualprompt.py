@@ -96,6 +96,7 @@ def get_config(arg=None):
   c.method.shared_pool = True  # E-prompt t starts from E-prompt t-1
   c.method.init_range = (0.0, 0.01)
   c.method.train_mask = "current"
+  config_lib.vor(c)  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
   c.method.zero_head = True
   c.eval.mask_unseen = False
   presets = config_lib.cil_presets(

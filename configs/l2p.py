@@ -90,6 +90,7 @@ def get_config(arg=None):
   c.method.head_input = "prompt_mean"  # | cls
   c.method.init_range = (0.0, 0.01)  # flax uniform(); the ports use (-1, 1)
   c.method.train_mask = "current"  # current | seen | none
+  config_lib.vor(c)  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
   c.method.zero_head = True
   c.eval.mask_unseen = False  # l2p evaluates all logits (unseen heads stay exactly 0)
   presets = config_lib.cil_presets(

@@ -111,19 +111,7 @@ def get_config(arg=None):
   c.method.e_length = 40
   c.method.init_range = (0.0, 1.0)  # torch nn.init.uniform_
   c.method.head_init = "torch"  # zeros | lecun | torch
-  c.method.ood_epochs = (
-    4  # head-only epochs with virtual outliers after train.epochs; 0 = OnePrompt
-  )
-  c.method.ood_weight = 0.1  # `lmda`
-  c.method.ood_center = "origin"  # origin (the released code) | boundary (NPOS as described)
-  c.method.ood_cov = 0.1  # offsets cov x N(0, I)
-  c.method.ood_candidates = 600  # `sample_from`
-  c.method.ood_boundary = 50  # `select`
-  c.method.ood_knn = 50  # `K`
-  c.method.ood_per_class = 40  # `num_per_class`
-  c.method.ood_thres_id = -15.0
-  c.method.ood_thres_ood = -3.0
-  c.method.max_task_examples = 0  # feature buffer rows; 0 = data.max_train_per_class x classes
+  config_lib.vor(c, epochs=4)
   c.optim.horizon_scale = 1.25  # (train.epochs + ood_epochs) / train.epochs
   c.eval.mask_unseen = True
   presets = config_lib.cil_presets(

@@ -345,6 +345,22 @@ def sgd_finetune(c: ConfigDict) -> None:
   pilot_sgd(c, lr=0.01, batch=128, weight_decay=5e-4, epochs=5)
 
 
+def vor(c: ConfigDict, *, epochs: int = 0) -> None:
+  """Virtual outlier regularisation fields (jaxcl/methods/vor.py), jpmorganchase/ovor's
+  `learners/ood.py` defaults; `epochs` = 0 leaves the method as it is."""
+  c.method.ood_epochs = epochs  # head-only epochs with virtual outliers after train.epochs
+  c.method.ood_weight = 0.1  # `lmda`
+  c.method.ood_center = "origin"  # origin (the released code) | boundary (NPOS as described)
+  c.method.ood_cov = 0.1  # offsets cov x N(0, I)
+  c.method.ood_candidates = 600  # `sample_from`
+  c.method.ood_boundary = 50  # `select`
+  c.method.ood_knn = 50  # `K`
+  c.method.ood_per_class = 40  # `num_per_class`
+  c.method.ood_thres_id = -15.0
+  c.method.ood_thres_ood = -3.0
+  c.method.max_task_examples = 0  # feature buffer rows; 0 = data.max_train_per_class x classes
+
+
 def compose(*fns: Callable[[ConfigDict], None]) -> Callable[[ConfigDict], None]:
   def apply(c: ConfigDict) -> None:
     for fn in fns:

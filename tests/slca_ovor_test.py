@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from jaxcl.methods import base, ovor, slca
+from jaxcl.methods import base, ovor, slca, vor
 from jaxcl.models import vit
 from jaxcl.train import loop, optim
 from jaxcl.train import state as state_lib
@@ -272,14 +272,14 @@ def test_outlier_regulariser_zero_when_off_positive_on_constructed_example():
   ids, oods = jnp.array([[2.0, 1.0], [0.5, 0.0]]), jnp.array([[8.0, 7.0]])
   ones = jnp.ones(2, bool)
   # Energies: ID -logsumexp ~ -2.3 > -15, outlier ~ -8.3 < -3: both pay.
-  reg = ovor.outlier_loss(ids, oods, ones, ones[:1], _ood_cfg(0.1))
+  reg = vor.outlier_loss(ids, oods, ones, ones[:1], _ood_cfg(0.1))
   lse_id, lse_ood = jax.nn.logsumexp(ids, -1), jax.nn.logsumexp(oods, -1)
   huber = lambda x: np.where(x <= 1, 0.5 * x**2, x - 0.5)
   expected = 0.1 * (huber(15.0 - lse_id).mean() + huber(lse_ood - 3.0).mean())
   np.testing.assert_allclose(float(reg), float(expected), rtol=1e-5)
   assert float(reg) > 0
-  assert float(ovor.outlier_loss(ids, oods, ones, ones[:1], _ood_cfg(0.0))) == 0.0
-  calm = ovor.outlier_loss(ids + 20.0, oods - 20.0, ones, ones[:1], _ood_cfg(0.1))
+  assert float(vor.outlier_loss(ids, oods, ones, ones[:1], _ood_cfg(0.0))) == 0.0
+  calm = vor.outlier_loss(ids + 20.0, oods - 20.0, ones, ones[:1], _ood_cfg(0.1))
   assert float(calm) == 0.0  # thresholds met: no penalty
 
 
@@ -296,7 +296,7 @@ def test_outlier_epochs_train_only_the_head():
   config, method, graphdef, state = _setup("ovor")
   batches, _, _ = _batches([0, 1], 12, seed=0)
   after = method.after_task(state, _env(graphdef, method, batches, 0, [0, 1]))
-  assert int(after.extra["count"]) == 0  # the buffer is released for the next task
+  assert int(after.extra["vor"]["count"]) == 0  # the buffer is released for the next task
   for name in ("g_prompt", "e_prompt"):
     np.testing.assert_array_equal(after.params[name][...], state.params[name][...])
   assert not np.allclose(after.params["head"]["kernel"][...], state.params["head"]["kernel"][...])
@@ -310,13 +310,13 @@ def test_virtual_outliers_are_far_from_the_task_features(center):
   key = jax.random.PRNGKey(0)
   feats = 5.0 * base.l2_normalize(jax.random.normal(key, (20, 8)) + 3.0)  # one blob
   valid = jnp.arange(20) < 18
-  out = ovor.synthesize(feats, valid, jax.random.PRNGKey(1), cfg, 10)
+  out = vor.synthesize(feats, valid, jax.random.PRNGKey(1), cfg, 10)
   assert out.shape == (10, 8)
   normed = base.l2_normalize(feats)[:18]
-  dist = ovor.kth_distance(out, normed, jnp.ones(18, bool), 3)
+  dist = vor.kth_distance(out, normed, jnp.ones(18, bool), 3)
   offsets = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (64, 8))
   if center == "origin":  # the released code: offsets only, each repeated `ood_boundary` times
-    all_dist = ovor.kth_distance(offsets, normed, jnp.ones(18, bool), 3)
+    all_dist = vor.kth_distance(offsets, normed, jnp.ones(18, bool), 3)
     top = np.sort(np.asarray(all_dist))[::-1]
     np.testing.assert_allclose(np.sort(dist)[::-1], np.repeat(top[:3], 4)[:10], rtol=1e-5)
   else:  # offsets around boundary features: near the blob's scale, not the origin

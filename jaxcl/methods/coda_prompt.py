@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcl.methods import base, prompts
+from jaxcl.methods import base, prompts, vor
 
 
 def num_tasks(data, num_classes: int) -> int:
@@ -104,7 +104,8 @@ def make(config) -> base.Method:
     ids = jnp.arange(m)
     return ids < task * per_task, ids < (task + 1) * per_task  # old [M], in use [M]
 
-  def forward(model, images, ctx, *, train: bool):
+  def embed(model, images, ctx, *, train: bool):
+    """The CLS features [B, D] the head reads and the orthogonality penalty."""
     q = prompts.query(model.backbone, images)  # [B, D]
     old, active = slices(ctx.task, model.per_task)
     heads = model.backbone.blocks[0].attn.query.kernel.shape[1]
@@ -126,7 +127,11 @@ def make(config) -> base.Method:
         flat = p.reshape(m, -1)
         penalty += sum(ortho_penalty(x, active) for x in (k, a, flat))
     feats = model.backbone(images, prefix=prefix)["cls"]  # [B, D]
-    return model.head(feats.astype(jnp.float32)), penalty
+    return feats.astype(jnp.float32), penalty
+
+  def forward(model, images, ctx, *, train: bool):
+    feats, penalty = embed(model, images, ctx, train=train)
+    return model.head(feats), penalty
 
   def predict(model, extra, images, ctx):
     del extra
@@ -158,10 +163,11 @@ def make(config) -> base.Method:
   def before_task(state, env: base.TaskEnv):
     return env.edit(state, reinit_slice)
 
-  return base.Method(
+  method = base.Method(
     build=build,
     trainable=nnx.Not(nnx.PathContains("backbone")),
     predict=predict,
     loss=loss,
     before_task=before_task,
   )
+  return vor.regularized(method, config, lambda m, x, ctx: embed(m, x, ctx, train=False)[0])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcl.methods import base, prompts
+from jaxcl.methods import base, prompts, vor
 
 
 class DualPromptModel(nnx.Module):
@@ -63,7 +63,8 @@ def make(config) -> base.Method:
   def build(config, num_classes: int, rngs: nnx.Rngs) -> DualPromptModel:
     return DualPromptModel(config, num_classes, rngs)
 
-  def forward(model, images, ctx, *, train: bool):
+  def embed(model, images, ctx, *, train: bool):
+    """The CLS features [B, D] the head reads, the key similarities and the chosen ids."""
     sim = prompts.similarity(model.keys[...], prompts.query(model.backbone, images))  # [B, pool]
     batchwise = cfg.batchwise_train if train else cfg.batchwise_eval
     idx = prompts.match(sim, cfg.top_k, batchwise=batchwise)  # [B, k]
@@ -71,7 +72,11 @@ def make(config) -> base.Method:
       idx = prompts.task_ids(ctx.task, cfg.top_k, cfg.pool_size, idx)
     prefix = prefixes(model.g_prefix[...], model.e_prefix[...], idx, g_layers, e_layers)
     feats = model.backbone(images, prefix=prefix)["cls"]  # [B, D]
-    return model.head(feats.astype(jnp.float32)), sim, idx
+    return feats.astype(jnp.float32), sim, idx
+
+  def forward(model, images, ctx, *, train: bool):
+    feats, sim, idx = embed(model, images, ctx, train=train)
+    return model.head(feats), sim, idx
 
   def predict(model, extra, images, ctx):
     del extra
@@ -96,10 +101,11 @@ def make(config) -> base.Method:
   def before_task(state, env: base.TaskEnv):
     return env.edit(state, share_pool) if cfg.shared_pool else state
 
-  return base.Method(
+  method = base.Method(
     build=build,
     trainable=nnx.Not(nnx.PathContains("backbone")),
     predict=predict,
     loss=loss,
     before_task=before_task,
   )
+  return vor.regularized(method, config, lambda m, x, ctx: embed(m, x, ctx, train=False)[0])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcl.methods import base, prompts
+from jaxcl.methods import base, prompts, vor
 
 
 class L2PModel(nnx.Module):
@@ -48,7 +48,8 @@ def make(config) -> base.Method:
   def build(config, num_classes: int, rngs: nnx.Rngs) -> L2PModel:
     return L2PModel(config, num_classes, rngs)
 
-  def forward(model, images, ctx, *, train: bool):
+  def embed(model, images, ctx, *, train: bool):
+    """The features [B, D] the head reads, the key similarities and the chosen ids."""
     sim = prompts.similarity(model.keys[...], prompts.query(model.backbone, images))  # [B, pool]
     batchwise = cfg.batchwise_train if train else cfg.batchwise_eval
     idx = prompts.match(sim, cfg.top_k, batchwise=batchwise)  # [B, k]
@@ -58,8 +59,11 @@ def make(config) -> base.Method:
     chosen = chosen.reshape(images.shape[0], -1, chosen.shape[-1])  # [B, k * length, D]
     out = model.backbone(images, prompts=chosen, prompt_layout=cfg.prompt_layout)
     feats = out["prompt_mean"] if cfg.head_input == "prompt_mean" else out["cls"]  # [B, D]
-    logits = model.head(feats.astype(jnp.float32))  # [B, C]
-    return logits, sim, idx
+    return feats.astype(jnp.float32), sim, idx
+
+  def forward(model, images, ctx, *, train: bool):
+    feats, sim, idx = embed(model, images, ctx, train=train)
+    return model.head(feats), sim, idx  # logits [B, C]
 
   def predict(model, extra, images, ctx):
     del extra
@@ -83,10 +87,11 @@ def make(config) -> base.Method:
   def before_task(state, env: base.TaskEnv):
     return env.edit(state, share_pool) if cfg.shared_pool else state
 
-  return base.Method(
+  method = base.Method(
     build=build,
     trainable=nnx.Not(nnx.PathContains("backbone")),
     predict=predict,
     loss=loss,
     before_task=before_task,
   )
+  return vor.regularized(method, config, lambda m, x, ctx: embed(m, x, ctx, train=False)[0])
