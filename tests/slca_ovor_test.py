@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
+from jaxcl import methods
 from jaxcl.methods import base, ovor, slca, vor
 from jaxcl.models import vit
 from jaxcl.train import loop, optim
@@ -23,7 +24,7 @@ NUM_CLASSES = 4
 
 def _setup(name, **overrides):
   config = load_config(name, "smoke", **{"data.image_size": 8, **overrides})
-  method = {"slca": slca, "ovor": ovor}[name].make(config)
+  method = methods.get(name).make(config)
   model = method.build(config, NUM_CLASSES, nnx.Rngs(0))
   tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 1e-3, 2))
   extra = method.init_extra(model, NUM_CLASSES)
@@ -292,14 +293,24 @@ def test_ood_epochs_zero_is_oneprompt_and_leaves_the_head_alone():
   assert after is state
 
 
-def test_outlier_epochs_train_only_the_head():
-  config, method, graphdef, state = _setup("ovor")
+@pytest.mark.parametrize("name", ["ovor", "dualprompt", "coda_prompt", "l2p"])
+def test_outlier_epochs_train_only_the_head(name):
+  """OVOR's regulariser after any prompt method (the reference runs it after each learner)."""
+  config, method, graphdef, state = _setup(name, **{"method.ood_epochs": 1})
   batches, _, _ = _batches([0, 1], 12, seed=0)
   after = method.after_task(state, _env(graphdef, method, batches, 0, [0, 1]))
   assert int(after.extra["vor"]["count"]) == 0  # the buffer is released for the next task
-  for name in ("g_prompt", "e_prompt"):
-    np.testing.assert_array_equal(after.params[name][...], state.params[name][...])
-  assert not np.allclose(after.params["head"]["kernel"][...], state.params["head"]["kernel"][...])
+  before, now = _leaves(state.params), _leaves(after.params)
+  assert before.keys() == now.keys()
+  for path, x in before.items():
+    if "head" not in path:
+      np.testing.assert_array_equal(now[path], x, err_msg=path)
+  assert not np.allclose(now["['head']['kernel'].value"], before["['head']['kernel'].value"])
+
+
+def _leaves(tree) -> dict:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}
 
 
 @pytest.mark.parametrize("center", ["origin", "boundary"])
@@ -333,9 +344,11 @@ def test_schedule_must_span_the_outlier_epochs():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["slca", "ovor"])
-def test_multi_task_run_compiles_the_train_step_once(name, tmp_path):
-  config = load_config(name, "smoke", **{"data.num_classes": 6})  # 3 tasks of 2 classes
+@pytest.mark.parametrize(
+  ("name", "overrides"), [("slca", {}), ("ovor", {}), ("dualprompt", {"method.ood_epochs": 1})]
+)
+def test_multi_task_run_compiles_the_train_step_once(name, overrides, tmp_path):
+  config = load_config(name, "smoke", **{"data.num_classes": 6, **overrides})  # 3 x 2 classes
   step_lib.TRACES.clear()
   results = loop.run(config, str(tmp_path))
   assert results["num_tasks"] == 3

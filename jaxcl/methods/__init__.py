@@ -3,7 +3,7 @@
 import importlib
 import pkgutil
 
-_NOT_METHODS = {"base", "prompts"}
+_NOT_METHODS = {"base", "prompts", "vor"}
 
 
 def get(name: str):

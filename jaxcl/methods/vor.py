@@ -49,16 +49,18 @@ def kth_distance(queries, points, valid, k: int):
 
 def synthesize(feats, valid, key, cfg, num_out: int):
   """Virtual outliers [num_out, D] from the task's features [N, D] (`valid` [N]), farthest
-  first by k-NN distance to the normalised features (see the module docstring)."""
+  first by k-NN distance to the normalised features (see the module docstring). `ood_knn` and
+  `ood_boundary` are capped at N, as the reference caps `select` at the task's size."""
   normed = base.l2_normalize(feats)
+  knn, select = min(cfg.ood_knn, feats.shape[0]), min(cfg.ood_boundary, feats.shape[0])
   offsets = cfg.ood_cov * jax.random.normal(key, (cfg.ood_candidates, feats.shape[-1]))
   if cfg.ood_center == "origin":
-    dist = jnp.tile(kth_distance(offsets, normed, valid, cfg.ood_knn), cfg.ood_boundary)
+    dist = jnp.tile(kth_distance(offsets, normed, valid, knn), select)
     return offsets[jax.lax.top_k(dist, num_out)[1] % cfg.ood_candidates]
-  self_dist = jnp.where(valid, kth_distance(normed, normed, valid, cfg.ood_knn), -jnp.inf)
-  _, ids = jax.lax.top_k(self_dist, cfg.ood_boundary)  # boundary features [S]
+  self_dist = jnp.where(valid, kth_distance(normed, normed, valid, knn), -jnp.inf)
+  _, ids = jax.lax.top_k(self_dist, select)  # boundary features [S]
   cands = feats[ids][:, None] + offsets[None]  # [S, candidates, D]
-  dist = jax.lax.map(lambda c: kth_distance(c, normed, valid, cfg.ood_knn), cands)
+  dist = jax.lax.map(lambda c: kth_distance(c, normed, valid, knn), cands)
   dist = jnp.where(valid[ids][:, None], dist, -jnp.inf).reshape(-1)
   return cands.reshape(-1, feats.shape[-1])[jax.lax.top_k(dist, num_out)[1]]
 
@@ -113,7 +115,7 @@ def regularized(method: base.Method, config, features: Callable) -> base.Method:
   regular, ood_epochs = config.train.epochs, cfg.ood_epochs
   size = buffer_size(config)
   per_task = max(config.data.init_classes, config.data.increment)
-  num_out = min(cfg.ood_boundary * cfg.ood_candidates, cfg.ood_per_class * per_task)
+  num_out = min(min(cfg.ood_boundary, size) * cfg.ood_candidates, cfg.ood_per_class * per_task)
   bsz = config.data.batch_size
   base_lr = optim_lib.learning_rate(config.optim, bsz)
   schedule = optim_lib.make_schedule(config.optim, base_lr, max(round(regular), 1))
