@@ -361,6 +361,18 @@ def vor(c: ConfigDict, *, epochs: int = 0) -> None:
   c.method.max_task_examples = 0  # feature buffer rows; 0 = data.max_train_per_class x classes
 
 
+def outlier_epochs(epochs: int) -> Callable[[ConfigDict], None]:
+  """A preset step: `epochs` VOR epochs after each task's `train.epochs`, a decaying per-task
+  schedule stretched over both (jpmorganchase/ovor `--epochs 0 <regular> <epochs>`)."""
+
+  def apply(c: ConfigDict) -> None:
+    c.method.ood_epochs = epochs
+    if c.optim.schedule != "constant":
+      c.optim.horizon_scale = (c.train.epochs + epochs) / c.train.epochs
+
+  return apply
+
+
 def compose(*fns: Callable[[ConfigDict], None]) -> Callable[[ConfigDict], None]:
   def apply(c: ConfigDict) -> None:
     for fn in fns:
