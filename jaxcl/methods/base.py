@@ -148,6 +148,18 @@ def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[None, :], logits, jnp.finfo(logits.dtype).min)
 
 
+def train_classes(ctx: Ctx, train_mask: str) -> jax.Array | None:
+  """The classes [C] whose logits enter the training softmax: `current` (what the reference
+  codes of the prompt methods do), `seen`, or None (`none`: all classes)."""
+  return {"current": ctx.current, "seen": ctx.seen}.get(train_mask)
+
+
+def mask_for_training(logits: jax.Array, ctx: Ctx, train_mask: str) -> jax.Array:
+  """`logits` [B, C] with the classes outside `train_classes` masked."""
+  mask = train_classes(ctx, train_mask)
+  return logits if mask is None else mask_logits(logits, mask)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """Mean softmax cross-entropy over the rows where `mask` [B] is true."""
   per = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)

@@ -141,9 +141,7 @@ def make(config) -> base.Method:
   def loss(model, extra, batch, ctx):
     del extra
     logits, penalty = forward(model, batch["image"], ctx, train=True)
-    mask = {"current": ctx.current, "seen": ctx.seen}.get(cfg.train_mask)
-    if mask is not None:
-      logits = base.mask_logits(logits, mask)
+    logits = base.mask_for_training(logits, ctx, cfg.train_mask)
     ce = base.cross_entropy(logits, batch["label"])
     return ce + cfg.ortho_mu * penalty, {"ce": ce}
 

@@ -31,9 +31,7 @@ def make(config) -> base.Method:
 
   def loss(model, extra, batch, ctx):
     logits, _ = predict(model, extra, batch["image"], ctx)
-    mask = {"current": ctx.current, "seen": ctx.seen}.get(cfg.train_mask)
-    if mask is not None:
-      logits = base.mask_logits(logits, mask)
+    logits = base.mask_for_training(logits, ctx, cfg.train_mask)
     return base.cross_entropy(logits, batch["label"]), {}
 
   trainable = nnx.PathContains("head") if cfg.head_only else nnx.Param

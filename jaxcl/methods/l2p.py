@@ -50,11 +50,7 @@ def make(config) -> base.Method:
 
   def embed(model, images, ctx, *, train: bool):
     """The features [B, D] the head reads, the key similarities and the chosen ids."""
-    sim = prompts.similarity(model.keys[...], prompts.query(model.backbone, images))  # [B, pool]
-    batchwise = cfg.batchwise_train if train else cfg.batchwise_eval
-    idx = prompts.match(sim, cfg.top_k, batchwise=batchwise)  # [B, k]
-    if train and cfg.prompt_mask:
-      idx = prompts.task_ids(ctx.task, cfg.top_k, cfg.pool_size, idx)
+    sim, idx = prompts.select(model.keys[...], model.backbone, images, ctx, cfg, train=train)
     chosen = jnp.take(model.prompts[...], idx, axis=0)  # [B, k, length, D]
     chosen = chosen.reshape(images.shape[0], -1, chosen.shape[-1])  # [B, k * length, D]
     out = model.backbone(images, prompts=chosen, prompt_layout=cfg.prompt_layout)
@@ -73,12 +69,7 @@ def make(config) -> base.Method:
   def loss(model, extra, batch, ctx):
     del extra
     logits, sim, idx = forward(model, batch["image"], ctx, train=True)
-    mask = {"current": ctx.current, "seen": ctx.seen}.get(cfg.train_mask)
-    if mask is not None:
-      logits = base.mask_logits(logits, mask)
-    ce = base.cross_entropy(logits, batch["label"])
-    pull = prompts.pull(sim, idx)
-    return ce - cfg.pull_coeff * pull, {"ce": ce, "key_similarity": pull / cfg.top_k}
+    return prompts.pool_loss(logits, sim, idx, batch["label"], ctx, cfg)
 
   def share_pool(model, extra, ctx):
     model.prompts[...] = prompts.copy_previous(model.prompts[...], ctx.task, cfg.top_k, axis=0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxcl.methods import base
 from jaxcl.methods.base import l2_normalize
 
 
@@ -56,6 +57,24 @@ def match(sim: jax.Array, top_k: int, *, batchwise: bool) -> jax.Array:
   counts = jax.nn.one_hot(idx, sim.shape[-1], dtype=jnp.int32).sum((0, 1))  # [pool]
   _, major = jax.lax.top_k(counts, top_k)  # [k]
   return jnp.broadcast_to(major, idx.shape)
+
+
+def select(keys, vit, images, ctx, cfg, *, train: bool):
+  """Key-query matching of L2P and DualPrompt: (cosine similarities [B, pool], chosen ids
+  [B, top_k]); in training with `prompt_mask`, task t's ids instead of the matched ones."""
+  sim = similarity(keys, query(vit, images))  # [B, pool]
+  idx = match(sim, cfg.top_k, batchwise=cfg.batchwise_train if train else cfg.batchwise_eval)
+  if train and cfg.prompt_mask:
+    idx = task_ids(ctx.task, cfg.top_k, cfg.pool_size, idx)
+  return sim, idx
+
+
+def pool_loss(logits, sim, idx, labels, ctx, cfg):
+  """Cross-entropy over the training classes minus `pull_coeff` x the summed similarity of the
+  chosen keys (the surrogate loss of L2P / DualPrompt); (loss, aux)."""
+  ce = base.cross_entropy(base.mask_for_training(logits, ctx, cfg.train_mask), labels)
+  pulled = pull(sim, idx)
+  return ce - cfg.pull_coeff * pulled, {"ce": ce, "key_similarity": pulled / cfg.top_k}
 
 
 def task_ids(task: jax.Array, top_k: int, pool: int, matched: jax.Array) -> jax.Array:

@@ -163,9 +163,8 @@ def make(config) -> base.Method:
 
   def loss(model, extra, batch, ctx):
     logits, _ = predict(model, extra, batch["image"], ctx)
-    mask = {"current": ctx.current, "seen": ctx.seen}.get(cfg.train_mask)
-    if mask is not None:
-      logits = base.mask_logits(logits, mask)
+    mask = base.train_classes(ctx, cfg.train_mask)
+    logits = base.mask_for_training(logits, ctx, cfg.train_mask)
     ce = base.cross_entropy(logits, batch["label"])
     cols = jnp.ones_like(ctx.current) if mask is None else mask
     return ce + 0.5 * cfg.weight_decay * squared_norm(model, cols), {"ce": ce}
