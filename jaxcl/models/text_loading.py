@@ -350,58 +350,94 @@ def _require(hf: dict, key: str, allowed, default=None):
     raise ValueError(f"HF config {key}={value!r} is not supported (jaxcl supports {allowed})")
 
 
+# Per family: (HF config.json key, jaxcl Config field or property, default when the key is
+# missing) for both directions, then the HF keys whose values jaxcl fixes (required on load,
+# written on save).
+_HF_SIZES = {
+  "gpt2": (
+    ("vocab_size", "vocab_size", None),
+    ("n_positions", "seq_len", 1024),
+    ("n_layer", "num_layers", None),
+    ("n_embd", "width", None),
+    ("n_head", "num_heads", None),
+    ("n_inner", "mlp_dim", None),  # None: 4 x width
+    ("layer_norm_epsilon", "norm_eps", 1e-5),
+    ("tie_word_embeddings", "tie_embeddings", True),
+  ),
+  "llama": (
+    ("vocab_size", "vocab_size", None),
+    ("max_position_embeddings", "seq_len", 2048),
+    ("num_hidden_layers", "num_layers", None),
+    ("hidden_size", "width", None),
+    ("num_attention_heads", "num_heads", None),
+    ("num_key_value_heads", "kv_heads", None),  # None: num_heads
+    ("head_dim", "head_size", None),  # None: width // heads
+    ("intermediate_size", "mlp_dim", None),
+    ("rms_norm_eps", "norm_eps", 1e-6),
+    ("rope_theta", "rope_theta", 10_000.0),
+    ("tie_word_embeddings", "tie_embeddings", False),
+  ),
+  "bert": (
+    ("vocab_size", "vocab_size", None),
+    ("max_position_embeddings", "seq_len", 512),
+    ("type_vocab_size", "type_vocab_size", 2),
+    ("num_hidden_layers", "num_layers", None),
+    ("hidden_size", "width", None),
+    ("num_attention_heads", "num_heads", None),
+    ("intermediate_size", "mlp_dim", None),
+    ("layer_norm_eps", "norm_eps", 1e-12),
+  ),
+}
+_HF_FIXED = {
+  "gpt2": dict(
+    architectures=["GPT2LMHeadModel"],
+    model_type="gpt2",
+    activation_function=("gelu_new", "gelu_pytorch_tanh"),
+    scale_attn_by_inverse_layer_idx=(False,),
+    scale_attn_weights=(True,),
+  ),
+  "llama": dict(
+    architectures=["LlamaForCausalLM"],
+    model_type="llama",
+    hidden_act=("silu",),
+    attention_bias=(False,),
+    mlp_bias=(False,),
+    rope_scaling=(None,),
+  ),
+  "bert": dict(
+    architectures=["BertForMaskedLM"],
+    model_type="bert",
+    hidden_act=("gelu",),
+    position_embedding_type=("absolute",),
+  ),
+}
+# jaxcl field names of the Config properties above (the fields hold 0 for "the default")
+_FIELD_OF = {"kv_heads": "num_kv_heads", "head_size": "head_dim"}
+
+
 def config_from_hf(hf: dict, family: str) -> dict:
   """jaxcl Config fields from an HF config.json dictionary."""
-  if family == "gpt2":
-    _require(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new")
-    _require(hf, "scale_attn_by_inverse_layer_idx", (False,), False)
-    _require(hf, "scale_attn_weights", (True,), True)
-    return dict(
-      style="gpt2",
-      vocab_size=hf["vocab_size"],
-      seq_len=hf.get("n_positions", hf.get("n_ctx", 1024)),
-      num_layers=hf["n_layer"],
-      width=hf["n_embd"],
-      num_heads=hf["n_head"],
-      mlp_dim=hf.get("n_inner") or 4 * hf["n_embd"],
-      norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-      tie_embeddings=hf.get("tie_word_embeddings", True),
-    )
+  for key, allowed in _HF_FIXED[family].items():
+    if key not in ("architectures", "model_type"):
+      _require(hf, key, allowed, allowed[0])
   if family == "llama":
-    _require(hf, "hidden_act", ("silu",), "silu")
-    _require(hf, "attention_bias", (False,), False)
-    _require(hf, "mlp_bias", (False,), False)
-    _require(hf, "rope_scaling", (None,), None)
     rope = hf.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta here
     if rope.get("rope_type", "default") != "default":
       raise ValueError(f"HF rope_parameters {rope} are not supported (only the default RoPE)")
-    heads = hf["num_attention_heads"]
-    return dict(
-      style="llama",
-      vocab_size=hf["vocab_size"],
-      seq_len=hf.get("max_position_embeddings", 2048),
-      num_layers=hf["num_hidden_layers"],
-      width=hf["hidden_size"],
-      num_heads=heads,
-      num_kv_heads=hf.get("num_key_value_heads") or heads,
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-      mlp_dim=hf["intermediate_size"],
-      norm_eps=hf.get("rms_norm_eps", 1e-6),
-      rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10_000.0)),
-      tie_embeddings=hf.get("tie_word_embeddings", False),
-    )
-  _require(hf, "hidden_act", ("gelu",), "gelu")
-  _require(hf, "position_embedding_type", ("absolute",), "absolute")
-  return dict(
-    vocab_size=hf["vocab_size"],
-    seq_len=hf.get("max_position_embeddings", 512),
-    type_vocab_size=hf.get("type_vocab_size", 2),
-    num_layers=hf["num_hidden_layers"],
-    width=hf["hidden_size"],
-    num_heads=hf["num_attention_heads"],
-    mlp_dim=hf["intermediate_size"],
-    norm_eps=hf.get("layer_norm_eps", 1e-12),
-  )
+    hf = {**hf, "rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10_000.0))}
+  fields = {}
+  for key, field, default in _HF_SIZES[family]:
+    value = hf.get(key, default)
+    if value is None and field not in ("mlp_dim", "kv_heads", "head_size"):
+      value = hf[key]  # required: a KeyError names it
+    fields[_FIELD_OF.get(field, field)] = value
+  if family == "gpt2":
+    fields["seq_len"] = hf.get("n_positions", hf.get("n_ctx", 1024))
+    fields["mlp_dim"] = fields["mlp_dim"] or 4 * fields["width"]
+  if family == "llama":
+    fields["num_kv_heads"] = fields["num_kv_heads"] or fields["num_heads"]
+    fields["head_dim"] = fields["head_dim"] or fields["width"] // fields["num_heads"]
+  return {"style": family, **fields} if family != "bert" else fields
 
 
 def config_from_tensors(tensors: dict, family: str) -> dict:
@@ -483,55 +519,11 @@ def to_hf(model: nnx.Module) -> tuple[dict[str, np.ndarray], dict]:
   for rule in rules_for(model):
     top_level = rule.hf.startswith(("lm_head.", "cls."))
     tensors[rule.hf if top_level else prefix + rule.hf] = rule.save(params)
+  hf = {key: getattr(cfg, field) for key, field, _ in _HF_SIZES[family]}
+  for key, value in _HF_FIXED[family].items():
+    hf[key] = value if key in ("architectures", "model_type") else value[0]
   if family == "gpt2":
-    hf = dict(
-      architectures=["GPT2LMHeadModel"],
-      model_type="gpt2",
-      vocab_size=cfg.vocab_size,
-      n_positions=cfg.seq_len,
-      n_ctx=cfg.seq_len,
-      n_layer=cfg.num_layers,
-      n_embd=cfg.width,
-      n_head=cfg.num_heads,
-      n_inner=cfg.mlp_dim,
-      layer_norm_epsilon=cfg.norm_eps,
-      activation_function="gelu_new",
-      tie_word_embeddings=cfg.tie_embeddings,
-    )
-  elif family == "llama":
-    hf = dict(
-      architectures=["LlamaForCausalLM"],
-      model_type="llama",
-      vocab_size=cfg.vocab_size,
-      max_position_embeddings=cfg.seq_len,
-      num_hidden_layers=cfg.num_layers,
-      hidden_size=cfg.width,
-      num_attention_heads=cfg.num_heads,
-      num_key_value_heads=cfg.kv_heads,
-      head_dim=cfg.head_size,
-      intermediate_size=cfg.mlp_dim,
-      rms_norm_eps=cfg.norm_eps,
-      rope_theta=cfg.rope_theta,
-      hidden_act="silu",
-      attention_bias=False,
-      mlp_bias=False,
-      tie_word_embeddings=cfg.tie_embeddings,
-    )
-  else:
-    hf = dict(
-      architectures=["BertForMaskedLM"],
-      model_type="bert",
-      vocab_size=cfg.vocab_size,
-      max_position_embeddings=cfg.seq_len,
-      type_vocab_size=cfg.type_vocab_size,
-      num_hidden_layers=cfg.num_layers,
-      hidden_size=cfg.width,
-      num_attention_heads=cfg.num_heads,
-      intermediate_size=cfg.mlp_dim,
-      layer_norm_eps=cfg.norm_eps,
-      hidden_act="gelu",
-      position_embedding_type="absolute",
-    )
+    hf["n_ctx"] = cfg.seq_len
   return tensors, {**hf, "torch_dtype": "float32"}
 
 
