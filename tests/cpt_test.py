@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,9 @@ import optax
 import pytest
 from helpers import load_config
 
-from jaxcl import checkpoint
+from jaxcl import checkpoint, writers
 from jaxcl.cpt import run as cpt_run
+from jaxcl.train import loop
 from jaxcl.train import step as step_lib
 
 
@@ -37,6 +40,34 @@ def test_smoke_run_fills_the_loss_matrix_and_the_curve(tmp_path):
   assert (tmp_path / "loss_matrix.csv").exists() and (tmp_path / "loss_curves.png").exists()
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert all("tokens_per_sec" in x and "mfu" in x for x in lines if "loss" in x)
+
+
+def test_sigterm_between_domains_stops_at_the_boundary_and_resumes_identically(
+  tmp_path, monkeypatch
+):
+  """A preemption notice that arrives while a domain's end is evaluated and written (outside
+  the step loop) stops the run at that domain's checkpoint, exit code 75."""
+  straight = cpt_run.run(load_config("cpt", "smoke"), str(tmp_path / "straight"))
+  real = writers.write_loss_curves
+  sent = []
+
+  def signal_once(*args, **kwargs):
+    if not sent:
+      sent.append(os.kill(os.getpid(), signal.SIGTERM))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(writers, "write_loss_curves", signal_once)
+  work = tmp_path / "stopped"
+  with pytest.raises(SystemExit) as stopped:
+    cpt_run.run(load_config("cpt", "smoke"), str(work))
+  assert stopped.value.code == loop.PREEMPTED_EXIT_CODE
+  ckpt = checkpoint.Checkpointer(str(work / "checkpoints"))
+  meta = ckpt.read_meta()
+  ckpt.close()
+  assert meta["progress"]["task"] == 0 and meta["progress"]["phase"] == "done"
+  resumed = cpt_run.run(load_config("cpt", "smoke"), str(work))
+  assert resumed["loss_matrix"] == straight["loss_matrix"]
+  assert resumed["curve"] == straight["curve"]
 
 
 def test_loss_decreases_on_a_tiny_corpus(tmp_path):

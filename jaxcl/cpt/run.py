@@ -51,7 +51,9 @@ def _keep_schedule_count(fresh, old):
 
 def run(config, workdir: str) -> dict:
   """Trains the domain sequence; returns the results.json dict (DESIGN.md §3)."""
-  start, compiles_before, workdir, main_process, mesh, batch_sh = loop.prepare_run(config, workdir)
+  setup = loop.prepare_run(config, workdir)
+  workdir, mesh, batch_sh = setup.workdir, setup.mesh, setup.batch_sh
+  main_process = setup.main_process
 
   tokenizer = text.make_tokenizer(config.data.tokenizer)
   domains = text.load_domains(config.data, tokenizer)
@@ -288,6 +290,7 @@ def run(config, workdir: str) -> dict:
         )
         writers.write_loss_curves(workdir, progress["curve"], names)
       save(state, None, keep_forever=True)
+      loop.stop_if_preempted(preempted, ckpt, int(state.step), more_to_do=d + 1 < len(names))
   finally:
     preempted.close()
     ckpt.wait()
@@ -309,13 +312,6 @@ def run(config, workdir: str) -> dict:
     "skipped_steps": progress["skipped_steps"],
   }
   results["mfu"] = model_flops * results["tokens_per_sec"] / peak
-  results.update(
-    report.environment(),
-    seed=config.seed,
-    wall_seconds=round(time.time() - start, 2),
-    train_compiles=step_lib.TRACES["train"] - compiles_before,
-  )
-  if main_process:
-    writers.write_json(os.path.join(workdir, "results.json"), results)
+  loop.write_results(results, config, setup)
   ckpt.close()
   return results

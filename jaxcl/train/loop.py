@@ -114,9 +114,34 @@ def prepare_run(config, workdir: str) -> RunSetup:
   )
 
 
+def write_results(results: dict, config, setup: RunSetup) -> dict:
+  """`results` plus the environment, seed, wall time and the run's train-step compilations,
+  written to the workdir's results.json by the main process."""
+  results.update(
+    report.environment(),
+    seed=config.seed,
+    wall_seconds=round(time.time() - setup.start, 2),
+    train_compiles=step_lib.TRACES["train"] - setup.compiles_before,
+  )
+  if setup.main_process:
+    writers.write_json(os.path.join(setup.workdir, "results.json"), results)
+  return results
+
+
+def stop_if_preempted(preempted: PreemptionWatch, ckpt, step: int, more_to_do: bool) -> None:
+  """At a task / domain boundary (its checkpoint just saved): a preemption signal that arrived
+  outside the step loop stops the run here, exit code 75, unless nothing is left to do."""
+  if preempted.signal is not None and more_to_do:
+    ckpt.wait()
+    logging.warning(PREEMPTED_MESSAGE, step)
+    raise Preempted()
+
+
 def run(config, workdir: str) -> dict:
   """Trains and evaluates a whole task sequence; returns the results.json dict."""
-  start, compiles_before, workdir, main_process, mesh, batch_sh = prepare_run(config, workdir)
+  setup = prepare_run(config, workdir)
+  workdir, mesh, batch_sh = setup.workdir, setup.mesh, setup.batch_sh
+  main_process = setup.main_process
 
   method = methods.get(config.method.name).make(config)
   bench = benchmark.build(config.data, joint=method.joint)
@@ -256,24 +281,14 @@ def run(config, workdir: str) -> dict:
       if main_process:
         writers.write_acc_matrix(workdir, report.metrics_matrix(progress["acc"], len(tasks)))
       save(state, None, keep_forever=True)
-      if preempted.signal is not None and t + 1 < len(tasks):  # arrived outside the step loop
-        ckpt.wait()
-        logging.warning(PREEMPTED_MESSAGE, int(state.step))
-        raise Preempted()
+      stop_if_preempted(preempted, ckpt, int(state.step), more_to_do=t + 1 < len(tasks))
   finally:
     preempted.close()
     ckpt.wait()
     writer.close()
 
-  results = report.cil_results(config, bench, progress)
-  results.update(
-    report.environment(),
-    seed=config.seed,
-    wall_seconds=round(time.time() - start, 2),
-    train_compiles=step_lib.TRACES["train"] - compiles_before,
-  )
+  results = write_results(report.cil_results(config, bench, progress), config, setup)
   if main_process:
-    writers.write_json(os.path.join(workdir, "results.json"), results)
     if config.export_backbone:
       model = nnx.merge(graphdef, state.params, state.frozen)
       loading.save_vit_npz(
