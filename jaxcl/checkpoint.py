@@ -160,7 +160,9 @@ class Checkpointer:
     self._mgr.wait_until_finished()
 
   def restore(self, abstract_state, *, step: int | None = None) -> Restored | None:
-    """Restores into `abstract_state` (ShapeDtypeStructs with the target shardings).
+    """Restores into `abstract_state` (ShapeDtypeStructs with the target shardings), or into
+    `abstract_state(meta)` when it is a callable: the target of each candidate step from that
+    step's metadata (a growth run's checkpoints hold different model shapes).
 
     With `step=None`, the newest good checkpoint: a step that fails to restore is logged and
     passed over for the next older one. Returns None when there are no checkpoints at all;
@@ -175,10 +177,11 @@ class Checkpointer:
     errors = []
     for s in [step] if step is not None else steps[::-1]:
       try:
+        target = abstract_state(self.read_meta(s)) if callable(abstract_state) else abstract_state
         r = self._mgr.restore(
           s,
           args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            state=ocp.args.StandardRestore(target),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
           ),

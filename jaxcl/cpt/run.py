@@ -123,11 +123,19 @@ def run(config, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   data_state = None
   abstract = sharding.abstract(state, state_sh)
-  if config.resume and grower.events and grower.resume_count(ckpt.read_meta()):
+
+  def restore_target(meta):
+    """The abstract state of a checkpoint: the model shape its growth events made."""
+    if not grower.events or not grower.resume_count(meta):
+      return abstract
+    _, grown = grower.init_state()
+    return sharding.abstract(grown, sharding.state_shardings(grown, mesh, replicate_frozen=False))
+
+  restored = ckpt.restore(restore_target) if config.resume else None
+  if restored is not None and grower.events and grower.resume_count(restored.meta):
     graphdef, state = grower.init_state()  # the checkpoint holds the grown shape
     state_sh, train_step, loss_step, begin_domain = jit_steps(graphdef, state)
     abstract, model_flops = sharding.abstract(state, state_sh), grower.flops_per_token()
-  restored = ckpt.restore(abstract) if config.resume else None
   if restored is not None:
     state, data_state, progress = restored.state, restored.data_state, restored.meta["progress"]
     progress.setdefault("flops", progress["tokens"] * model_flops)
