@@ -124,16 +124,20 @@ def run(config, workdir: str) -> dict:
   data_state = None
   abstract = sharding.abstract(state, state_sh)
 
+  grown = {}  # (graphdef, state) of the shape of the last checkpoint tried
+
   def restore_target(meta):
     """The abstract state of a checkpoint: the model shape its growth events made."""
     if not grower.events or not grower.resume_count(meta):
+      grown.clear()
       return abstract
-    _, grown = grower.init_state()
-    return sharding.abstract(grown, sharding.state_shardings(grown, mesh, replicate_frozen=False))
+    grown["model"] = grower.init_state()
+    shape = grown["model"][1]
+    return sharding.abstract(shape, sharding.state_shardings(shape, mesh, replicate_frozen=False))
 
   restored = ckpt.restore(restore_target) if config.resume else None
-  if restored is not None and grower.events and grower.resume_count(restored.meta):
-    graphdef, state = grower.init_state()  # the checkpoint holds the grown shape
+  if restored is not None and grown:  # the checkpoint holds a grown shape
+    graphdef, state = grown.pop("model")
     state_sh, train_step, loss_step, begin_domain = jit_steps(graphdef, state)
     abstract, model_flops = sharding.abstract(state, state_sh), grower.flops_per_token()
   if restored is not None:
