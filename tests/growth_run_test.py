@@ -6,11 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import CONFIG_DIR, ROOT, load_config
+from helpers import ROOT, cpu_env, load_config, main_command
 
 from jaxcl.cpt import run as cpt_run
 from jaxcl.train import step as step_lib
@@ -69,14 +68,8 @@ def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_thro
     resumed = cpt_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "b"))
   else:  # a fresh process, as after a crash (this one's TensorStore cache holds the old bytes)
     flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-    command = ["-m", "jaxcl.main", f"--config={CONFIG_DIR}/growth_stack.py:smoke", *flags]
-    done = subprocess.run(
-      [sys.executable, *command, f"--workdir={tmp_path / 'b'}"],
-      env=dict(os.environ, JAX_PLATFORMS="cpu"),
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-    )
+    command = main_command("growth_stack", tmp_path / "b", *flags)
+    done = subprocess.run(command, env=cpu_env(8), cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CANNOT BE RESTORED" in done.stderr  # loudly
     resumed = json.loads((tmp_path / "b" / "results.json").read_text())

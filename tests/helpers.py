@@ -1,8 +1,9 @@
-"""Shared test helpers: load a config file by name, list the config files."""
+"""Shared test helpers: load a config file by name, list the config files, run jaxcl.main."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 from jaxcl import config_lib
 
@@ -19,3 +20,16 @@ def config_names(kind: str = "cil") -> list[str]:
   """Names of the configs of one kind: cil (class-incremental) or cpt (continual pretraining)."""
   names = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f[0] != "_")
   return [n for n in names if load_config(n).kind == kind]
+
+
+def main_command(name: str, workdir, *flags: str, preset: str = "smoke") -> list[str]:
+  """`python -m jaxcl.main` on configs/<name>.py:<preset> in `workdir`, plus `flags`."""
+  config = f"--config={CONFIG_DIR}/{name}.py:{preset}"
+  return [sys.executable, "-m", "jaxcl.main", config, f"--workdir={workdir}", *flags]
+
+
+def cpu_env(devices: int, **extra: str) -> dict:
+  """This environment with `devices` fake CPU devices (for a subprocess run)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env

@@ -9,11 +9,10 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import CONFIG_DIR, ROOT
+from helpers import ROOT, cpu_env, main_command
 
 from jaxcl import checkpoint
 
@@ -24,20 +23,7 @@ ARGS = {
 
 
 def _command(name: str, workdir) -> list[str]:
-  return [
-    sys.executable,
-    "-m",
-    "jaxcl.main",
-    f"--config={CONFIG_DIR}/{name}.py:smoke",
-    f"--workdir={workdir}",
-    *ARGS[name],
-  ]
-
-
-def _env(devices: int, **extra) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return env
+  return main_command(name, workdir, *ARGS[name])
 
 
 def _free_port() -> int:
@@ -62,7 +48,7 @@ def test_two_processes_end_where_one_process_ends(tmp_path, name):
   port = _free_port()
   procs = []
   for i in range(2):
-    env = _env(
+    env = cpu_env(
       4,
       JAXCL_MULTIHOST="1",
       JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
@@ -86,7 +72,7 @@ def test_two_processes_end_where_one_process_ends(tmp_path, name):
   for (proc, _), text in zip(procs, logs, strict=True):
     assert proc.returncode == 0, text[-3000:]
   single = subprocess.run(
-    _command(name, tmp_path / "single"), env=_env(8), cwd=ROOT, capture_output=True, text=True
+    _command(name, tmp_path / "single"), env=cpu_env(8), cwd=ROOT, capture_output=True, text=True
   )
   assert single.returncode == 0, single.stderr[-3000:]
 

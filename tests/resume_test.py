@@ -14,12 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import CONFIG_DIR, ROOT, load_config
+from helpers import ROOT, cpu_env, load_config, main_command
 
 from jaxcl import checkpoint
 from jaxcl.train import loop, step
@@ -29,27 +28,13 @@ STEPS = 6  # per task; the smoke presets have 2 tasks
 
 def _command(name: str, workdir) -> list[str]:
   steps_key = "steps_per_domain" if name == "cpt" else "steps_per_task"
-  return [
-    sys.executable,
-    "-m",
-    "jaxcl.main",
-    f"--config={CONFIG_DIR}/{name}.py:smoke",
-    f"--workdir={workdir}",
-    f"--config.train.{steps_key}={STEPS}",
-    "--config.checkpoint.every_steps=1",
-    "--config.train.log_every_steps=4",
-  ]
-
-
-def _env(devices: int) -> dict:
-  return dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
-  )
+  flags = ("--config.checkpoint.every_steps=1", "--config.train.log_every_steps=4")
+  return main_command(name, workdir, f"--config.train.{steps_key}={STEPS}", *flags)
 
 
 def _run_to_end(name: str, workdir, devices: int) -> subprocess.CompletedProcess:
   done = subprocess.run(
-    _command(name, workdir), env=_env(devices), cwd=ROOT, capture_output=True, text=True
+    _command(name, workdir), env=cpu_env(devices), cwd=ROOT, capture_output=True, text=True
   )
   assert done.returncode == 0, done.stderr[-3000:]
   return done
@@ -64,7 +49,7 @@ def _start_and_signal(name: str, workdir, devices: int, sig: int, at_step: int):
   log = workdir.parent / f"{workdir.name}.log"
   with open(log, "w") as out:
     proc = subprocess.Popen(
-      _command(name, workdir), env=_env(devices), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+      _command(name, workdir), env=cpu_env(devices), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
     )
     ckpt_dir = os.path.join(workdir, "checkpoints")
     deadline = time.time() + 300
