@@ -22,6 +22,7 @@ from absl import app, flags
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from jaxcl import writers
 
@@ -117,6 +118,7 @@ def plot(runs: Sequence[Run], path: str) -> None:
       res, label = r["results"], f"{r['name']}:{r['preset']}"
       if r["kind"] == "cil":
         ax.plot(range(1, len(res["A_curve"]) + 1), res["A_curve"], marker="o", label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("after task")
         ax.set_ylabel("accuracy on seen classes (%)")
         ax.set_title("class-incremental: accuracy after each task")
