@@ -165,7 +165,7 @@ class _RemoteLines:
     self.flush()
 
 
-def _save_figure(fig: Figure, path: str) -> None:
+def save_figure(fig: Figure, path: str) -> None:
   with epath.Path(path).open("wb") as f:
     fig.savefig(f, format="png", dpi=100)
 
@@ -231,44 +231,50 @@ def write_acc_matrix(
   ax.set_ylabel("after training task")
   ax.set_title(title)
   fig.colorbar(image, ax=ax)
-  _save_figure(fig, os.path.join(workdir, f"{name}.png"))
+  save_figure(fig, os.path.join(workdir, f"{name}.png"))
 
 
-def _domain_losses(val_loss, domains: Sequence[str]) -> list[float]:
+def domain_losses(val_loss, domains: Sequence[str]) -> list[float]:
   """A curve entry's `val_loss` (mapping by domain name or list in domain order) -> [D]."""
   if isinstance(val_loss, Mapping):
     return [float(val_loss.get(d, math.nan)) for d in domains]
   return [float(v) for v in val_loss]
 
 
-def write_loss_curves(workdir: str, curve: Sequence[Mapping], domains: Sequence[str]) -> None:
-  """`loss_curves.png`: validation loss on every domain against tokens seen.
+def draw_loss_curves(ax, curve: Sequence[Mapping], domains: Sequence[str], label: str = "") -> None:
+  """Validation loss on every domain against tokens seen, on `ax` (one line per domain).
 
   Args:
-    workdir: output directory.
+    ax: a matplotlib Axes.
     curve: results.json's `curve`, entries `{step, tokens, flops, val_loss}` with `val_loss` a
       mapping domain -> loss or a list in domain order. The x axis is `tokens` (`step` when an
       entry has no tokens). When entries carry `domain` (the domain being trained), the
       switches between domains are drawn as dotted lines.
     domains: names of the domains, in training order.
+    label: prefix of each line's legend label (the run's name when several runs share `ax`).
   """
   x_key = "tokens" if all("tokens" in e for e in curve) else "step"
   x = np.array([float(e[x_key]) for e in curve])  # [N]
-  losses = np.array([_domain_losses(e["val_loss"], domains) for e in curve])  # [N, D]
-  fig = Figure(figsize=(7, 4), layout="constrained")
-  FigureCanvasAgg(fig)
-  ax = fig.subplots()
+  losses = np.array([domain_losses(e["val_loss"], domains) for e in curve])  # [N, D]
   for d, domain in enumerate(domains):
     if len(x):
-      ax.plot(x, losses[:, d], marker=".", label=str(domain))
+      ax.plot(x, losses[:, d], marker=".", label=f"{label}{domain}")
   trained = [e.get("domain") for e in curve]
   for k in range(1, len(curve)):
     if trained[k] is not None and trained[k - 1] is not None and trained[k] != trained[k - 1]:
       ax.axvline((x[k - 1] + x[k]) / 2, color="grey", linestyle=":", linewidth=1)
   ax.set_xlabel("tokens seen" if x_key == "tokens" else "step")
   ax.set_ylabel("validation loss")
-  ax.set_title("validation loss per domain")
   ax.grid(alpha=0.3)
-  if len(domains) and len(x):
+
+
+def write_loss_curves(workdir: str, curve: Sequence[Mapping], domains: Sequence[str]) -> None:
+  """`loss_curves.png`: `draw_loss_curves` of one run."""
+  fig = Figure(figsize=(7, 4), layout="constrained")
+  FigureCanvasAgg(fig)
+  ax = fig.subplots()
+  draw_loss_curves(ax, curve, domains)
+  ax.set_title("validation loss per domain")
+  if len(domains) and len(curve):
     ax.legend(title="domain", fontsize=8)
-  _save_figure(fig, os.path.join(workdir, "loss_curves.png"))
+  save_figure(fig, os.path.join(workdir, "loss_curves.png"))
