@@ -16,8 +16,8 @@ tests/regression_test.py `RENAMES`.
 Keys of the npz are "<case>/<section>/<path>":
 - `vit/weights/<path>`: the one ViT every class-incremental case shares, stored once.
 - `<case>/weights/<path>`: the case's other variables by nnx path (`head/kernel`): the smoke
-  model's initial values plus seeded noise (so zero-initialised heads hide nothing), rounded to
-  8 significant bits (exact float32 values that compress).
+  model's initial values plus seeded noise (`Case.noise`: zero-initialised heads hide nothing,
+  attention is not uniform), rounded to 8 significant bits (exact float32 values that compress).
 - `<case>/inputs/<path>`: images, labels, the `Ctx` arrays and `extra` (seeded random values of
   `init_extra`'s shapes), or the token batch.
 - `<case>/outputs/<name>`: `loss`, `loss_aux/<key>`, `logits`, `predict_aux/<key>` and
@@ -90,6 +90,8 @@ class Case(NamedTuple):
   predict: Callable | None  # (model, inputs) -> (logits, aux dict)
   example: Callable  # (np.random.Generator) -> inputs, a nested dict of arrays (regenerating)
   vit_at: str | None  # path prefix of the shared ViT inside `model` ("backbone/"), or None
+  noise: float  # std of the noise added to the initial parameters (regenerating): O(1)
+  # attention logits, so that a change of scale or masking shows
 
 
 def build(name: str, abstract: bool = False) -> Case:
@@ -135,7 +137,7 @@ def cil_case(config_name: str, abstract: bool = False) -> Case:
     }
 
   vit_at = "backbone/" if hasattr(model, "backbone") else ""
-  return Case(model, method.trainable, method.loss and loss, predict, example, vit_at)
+  return Case(model, method.trainable, method.loss and loss, predict, example, vit_at, 0.05)
 
 
 def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
@@ -173,7 +175,7 @@ def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
     tokens = np.where(chosen, text.MASK_ID, targets).astype(np.int32)
     return {"tokens": tokens, "targets": targets, "target_mask": chosen}
 
-  return Case(model, objective.method.trainable, loss, None, example, None)
+  return Case(model, objective.method.trainable, loss, None, example, None, 0.1)
 
 
 def random_like(rng: np.random.Generator, a) -> np.ndarray:
@@ -309,7 +311,7 @@ def regenerate(path: str = FIXTURE) -> None:
     params = variables(case.model, nnx.Param)
     weights = variables(case.model)
     for k, v in params.items():
-      noisy = v + 0.05 * rng.normal(size=v.shape) if v.dtype.kind == "f" else v
+      noisy = v + case.noise * rng.normal(size=v.shape) if v.dtype.kind == "f" else v
       weights[k] = rounded(noisy.astype(v.dtype))
     if case.vit_at is not None:
       mine = {k[len(case.vit_at) :]: v for k, v in weights.items() if k.startswith(case.vit_at)}
