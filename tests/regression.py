@@ -37,8 +37,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from helpers import load_config
+from flax import nnx, traverse_util
+from helpers import config_names, load_config
 
 from jaxcl import growth, methods
 from jaxcl.cpt import models, objectives
@@ -56,31 +56,24 @@ BATCH = 4
 NUM_CLASSES = 6  # 3 tasks of the smoke split (4 classes there), so task 1 has unseen classes
 MSG_RAMP = 0.5  # the value of MSG's masks of new units: strictly between 0 and 1
 
-# Case name -> the config file whose `smoke` preset builds it, and its overrides.
-CIL_CASES = {
-  name: name
-  for name in (
-    "finetune",
-    "linear_probe",
-    "joint",
-    "simplecil",
-    "l2p",
-    "dualprompt",
-    "coda_prompt",
-    "aper",
-    "ranpac",
-    "ease",
-    "slca",
-    "ovor",  # OnePrompt wrapped in VOR (VOR changes after_task only, not loss or predict)
-  )
-}
 LM_CASES = {
   "gpt": ("cpt", {}),
   "gpt_llama": ("cpt", {"model.preset": "tiny_llama"}),  # RMSNorm, RoPE, GQA, SwiGLU
   "bert": ("cpt", {"train.objective": "mlm"}),
   "msg": ("growth_msg", {}),  # the grown model of the smoke's event, masks at MSG_RAMP
 }
-CASES = [*CIL_CASES, *LM_CASES]
+
+
+def case_names() -> list[str]:
+  """What `regenerate` stores: every class-incremental config file (`finetune`, `ovor`, ...:
+  OVOR's smoke wraps OnePrompt in VOR, which changes after_task only) and LM_CASES."""
+  return [*config_names("cil"), *LM_CASES]
+
+
+def stored_cases(path: str = FIXTURE) -> list[str]:
+  """The cases the fixture holds."""
+  with np.load(path) as npz:
+    return sorted({key.split("/")[0] for key in npz.files} - {"vit"})
 
 
 class Case(NamedTuple):
@@ -97,9 +90,9 @@ class Case(NamedTuple):
 def build(name: str, abstract: bool = False) -> Case:
   """The case `name`; `abstract`: its model's variables are shapes only (`nnx.eval_shape`, no
   initialisation to run), to be filled by `load_weights`."""
-  if name in CIL_CASES:
-    return cil_case(CIL_CASES[name], abstract)
-  return lm_case(*LM_CASES[name], abstract)
+  if name in LM_CASES:
+    return lm_case(*LM_CASES[name], abstract)
+  return cil_case(name, abstract)
 
 
 def construct(fn: Callable[[], nnx.Module], abstract: bool) -> nnx.Module:
@@ -263,21 +256,7 @@ def sums(g: np.ndarray) -> np.ndarray:
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    out.update(flatten(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
-def unflatten(flat: dict) -> dict:
-  out = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split("/")
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
+  return {prefix + k: v for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def read(path: str = FIXTURE) -> dict:
@@ -289,7 +268,7 @@ def read(path: str = FIXTURE) -> dict:
       out.setdefault(case, {}).setdefault(section, {})[rest] = npz[key]
   for case in out.values():
     if "inputs" in case:
-      case["inputs"] = unflatten(case["inputs"])
+      case["inputs"] = traverse_util.unflatten_dict(case["inputs"], sep="/")
   return out
 
 
@@ -306,7 +285,7 @@ def regenerate(path: str = FIXTURE) -> None:
   """Writes the fixture: run on commit a60afed only (see the module docstring)."""
   rng = np.random.default_rng(20)
   arrays, vit = {}, None
-  for name in CASES:
+  for name in case_names():
     case = build(name)
     params = variables(case.model, nnx.Param)
     weights = variables(case.model)

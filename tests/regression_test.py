@@ -26,7 +26,7 @@ def fixture():
   return regression.read()
 
 
-@pytest.mark.parametrize("name", regression.CASES)
+@pytest.mark.parametrize("name", regression.stored_cases())
 def test_reproduces_a60afed(name, fixture):
   case = regression.build(name, abstract=True)
   regression.load_weights(case, fixture, name, RENAMES)
