@@ -83,8 +83,7 @@ class Case(NamedTuple):
   predict: Callable | None  # (model, inputs) -> (logits, aux dict)
   example: Callable  # (np.random.Generator) -> inputs, a nested dict of arrays (regenerating)
   vit_at: str | None  # path prefix of the shared ViT inside `model` ("backbone/"), or None
-  noise: float  # std of the noise added to the initial parameters (regenerating): O(1)
-  # attention logits, so that a change of scale or masking shows
+  noise: float  # regenerating: std of the noise on the initial parameters (O(1) attention logits)
 
 
 def build(name: str, abstract: bool = False) -> Case:
