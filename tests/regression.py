@@ -3,7 +3,7 @@
 Issue 20 redesigns the run loops, configs, attention and text modules. Whatever the code
 becomes, every class-incremental method and language model must compute, from the weights and
 inputs stored in tests/fixtures/regression_a60afed.npz, the loss, its aux values, the logits
-and the gradients stored there (float32, `TOL`). tests/regression_test.py checks that.
+and the gradients stored there (float32, 1e-6). tests/regression_test.py checks that.
 
 Regenerate ONLY on commit a60afed (later code reproduces the numbers, it never rewrites them):
 
@@ -16,8 +16,8 @@ tests/regression_test.py `RENAMES`.
 Keys of the npz are "<case>/<section>/<path>":
 - `vit/weights/<path>`: the one ViT every class-incremental case shares, stored once.
 - `<case>/weights/<path>`: the case's other variables by nnx path (`head/kernel`): the smoke
-  model's initial values plus seeded noise (so zero-initialised heads hide nothing), rounded to
-  8 significant bits (exact float32 values that compress).
+  model's initial values plus seeded noise (`Case.noise`: zero-initialised heads hide nothing,
+  attention is not uniform), rounded to 8 significant bits (exact float32 values that compress).
 - `<case>/inputs/<path>`: images, labels, the `Ctx` arrays and `extra` (seeded random values of
   `init_extra`'s shapes), or the token batch.
 - `<case>/outputs/<name>`: `loss`, `loss_aux/<key>`, `logits`, `predict_aux/<key>` and
@@ -37,8 +37,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from helpers import load_config
+from flax import nnx, traverse_util
+from helpers import config_names, load_config
 
 from jaxcl import growth, methods
 from jaxcl.cpt import models, objectives
@@ -49,38 +49,30 @@ from jaxcl.methods import base
 FIXTURE = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), "fixtures", "regression_a60afed.npz"
 )
-TOL = dict(rtol=1e-6, atol=1e-6)
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 SKETCH_ABOVE = 4096
 BATCH = 4
 NUM_CLASSES = 6  # 3 tasks of the smoke split (4 classes there), so task 1 has unseen classes
 MSG_RAMP = 0.5  # the value of MSG's masks of new units: strictly between 0 and 1
 
-# Case name -> the config file whose `smoke` preset builds it, and its overrides.
-CIL_CASES = {
-  name: name
-  for name in (
-    "finetune",
-    "linear_probe",
-    "joint",
-    "simplecil",
-    "l2p",
-    "dualprompt",
-    "coda_prompt",
-    "aper",
-    "ranpac",
-    "ease",
-    "slca",
-    "ovor",  # OnePrompt wrapped in VOR (VOR changes after_task only, not loss or predict)
-  )
-}
 LM_CASES = {
   "gpt": ("cpt", {}),
   "gpt_llama": ("cpt", {"model.preset": "tiny_llama"}),  # RMSNorm, RoPE, GQA, SwiGLU
   "bert": ("cpt", {"train.objective": "mlm"}),
   "msg": ("growth_msg", {}),  # the grown model of the smoke's event, masks at MSG_RAMP
 }
-CASES = [*CIL_CASES, *LM_CASES]
+
+
+def case_names() -> list[str]:
+  """What `regenerate` stores: every class-incremental config file (`finetune`, `ovor`, ...:
+  OVOR's smoke wraps OnePrompt in VOR, which changes after_task only) and LM_CASES."""
+  return [*config_names("cil"), *LM_CASES]
+
+
+def stored_cases(path: str = FIXTURE) -> list[str]:
+  """The cases the fixture holds."""
+  with np.load(path) as npz:
+    return sorted({key.split("/")[0] for key in npz.files} - {"vit"})
 
 
 class Case(NamedTuple):
@@ -90,14 +82,15 @@ class Case(NamedTuple):
   predict: Callable | None  # (model, inputs) -> (logits, aux dict)
   example: Callable  # (np.random.Generator) -> inputs, a nested dict of arrays (regenerating)
   vit_at: str | None  # path prefix of the shared ViT inside `model` ("backbone/"), or None
+  noise: float  # regenerating: std of the noise on the initial parameters (O(1) attention logits)
 
 
 def build(name: str, abstract: bool = False) -> Case:
   """The case `name`; `abstract`: its model's variables are shapes only (`nnx.eval_shape`, no
   initialisation to run), to be filled by `load_weights`."""
-  if name in CIL_CASES:
-    return cil_case(CIL_CASES[name], abstract)
-  return lm_case(*LM_CASES[name], abstract)
+  if name in LM_CASES:
+    return lm_case(*LM_CASES[name], abstract)
+  return cil_case(name, abstract)
 
 
 def construct(fn: Callable[[], nnx.Module], abstract: bool) -> nnx.Module:
@@ -135,7 +128,7 @@ def cil_case(config_name: str, abstract: bool = False) -> Case:
     }
 
   vit_at = "backbone/" if hasattr(model, "backbone") else ""
-  return Case(model, method.trainable, method.loss and loss, predict, example, vit_at)
+  return Case(model, method.trainable, method.loss and loss, predict, example, vit_at, 0.05)
 
 
 def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
@@ -173,7 +166,7 @@ def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
     tokens = np.where(chosen, text.MASK_ID, targets).astype(np.int32)
     return {"tokens": tokens, "targets": targets, "target_mask": chosen}
 
-  return Case(model, objective.method.trainable, loss, None, example, None)
+  return Case(model, objective.method.trainable, loss, None, example, None, 0.1)
 
 
 def random_like(rng: np.random.Generator, a) -> np.ndarray:
@@ -261,21 +254,7 @@ def sums(g: np.ndarray) -> np.ndarray:
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    out.update(flatten(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
-def unflatten(flat: dict) -> dict:
-  out = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split("/")
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
+  return {prefix + k: v for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def read(path: str = FIXTURE) -> dict:
@@ -287,7 +266,7 @@ def read(path: str = FIXTURE) -> dict:
       out.setdefault(case, {}).setdefault(section, {})[rest] = npz[key]
   for case in out.values():
     if "inputs" in case:
-      case["inputs"] = unflatten(case["inputs"])
+      case["inputs"] = traverse_util.unflatten_dict(case["inputs"], sep="/")
   return out
 
 
@@ -304,12 +283,12 @@ def regenerate(path: str = FIXTURE) -> None:
   """Writes the fixture: run on commit a60afed only (see the module docstring)."""
   rng = np.random.default_rng(20)
   arrays, vit = {}, None
-  for name in CASES:
+  for name in case_names():
     case = build(name)
     params = variables(case.model, nnx.Param)
     weights = variables(case.model)
     for k, v in params.items():
-      noisy = v + 0.05 * rng.normal(size=v.shape) if v.dtype.kind == "f" else v
+      noisy = v + case.noise * rng.normal(size=v.shape) if v.dtype.kind == "f" else v
       weights[k] = rounded(noisy.astype(v.dtype))
     if case.vit_at is not None:
       mine = {k[len(case.vit_at) :]: v for k, v in weights.items() if k.startswith(case.vit_at)}

@@ -19,6 +19,15 @@ import regression
 # (regex over a variable path of today's model, the path stored on a60afed), applied in order
 # to weights and gradients, e.g. (r"^backbone/blocks/(\d+)/attn/", r"backbone/blocks/\1/attn/").
 RENAMES: tuple[tuple[str, str], ...] = ()
+TOL = 1e-6  # float32: relative, and absolute in units of the array's largest entry (>= 1)
+
+
+def assert_close(got, want, err_msg: str):
+  """|got - want| <= TOL * (|want| + max(1, max |want|)): logits and gradient sums are sums
+  of terms much larger than a result near 0. Compiled at XLA's default optimisation level
+  instead of level 0, a60afed itself uses at most 0.88 of this (pretrain_vit's gradient sums)."""
+  scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+  np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL * scale, err_msg=err_msg)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +35,7 @@ def fixture():
   return regression.read()
 
 
-@pytest.mark.parametrize("name", regression.CASES)
+@pytest.mark.parametrize("name", regression.stored_cases())
 def test_reproduces_a60afed(name, fixture):
   case = regression.build(name, abstract=True)
   regression.load_weights(case, fixture, name, RENAMES)
@@ -34,4 +43,4 @@ def test_reproduces_a60afed(name, fixture):
   want = fixture[name]["outputs"]
   assert sorted(got) == sorted(want)
   for key, value in want.items():
-    np.testing.assert_allclose(got[key], value, **regression.TOL, err_msg=f"{name}: {key}")
+    assert_close(got[key], value, f"{name}: {key}")
