@@ -13,6 +13,7 @@ state before an anneal).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -141,7 +142,7 @@ class StepView(NamedTuple):
   progress: Progress
   global_step: int
   batches: Any  # the stage's train iterator (get_state / set_state)
-  save: Callable  # save(state, data_state, *, keep_forever) -> checkpoint id
+  save: Callable  # save(state, data_state, *, keep_forever) -> checkpoint id (with `progress`)
 
 
 class StepChange(NamedTuple):
@@ -186,139 +187,118 @@ def train_stages(
   `stage_steps[i]` is the number of gradient steps of stage i (0: the stage only begins and
   ends, e.g. SimpleCIL). Every save carries `meta` (what identifies the run's data).
   """
-  config = run.config
-  compiled = hooks.compile(graphdef, state)
-  state = jax.device_put(state, compiled.state_sharding)
-  writer = writers.MetricWriter(run.workdir, enabled=run.main_process)
-  preempted = PreemptionWatch(run.ckpt)
-  cursor = {"progress": progress}  # the newest record, for the saves below
+  loop = _StageLoop(run, hooks, meta or {})
+  return loop.train(stage_steps, graphdef, state, progress, data_state)
 
-  def save(state, data_state, *, keep_forever: bool, wait: bool = False) -> int:
-    info = {
-      "progress": cursor["progress"].to_json(),
+
+class _StageLoop:
+  """`train_stages` with what stays fixed over it: the run, the hooks, the writer, the watch."""
+
+  def __init__(self, run: Run, hooks: Hooks, meta: dict):
+    self.run, self.hooks, self.meta = run, hooks, meta
+    self.writer = self.preempted = None
+
+  def save(self, progress, state, data_state, *, keep_forever: bool, wait: bool = False) -> int:
+    """Checkpoints `state` with `progress` as the resume cursor; returns the checkpoint id."""
+    meta = {
+      "progress": progress.to_json(),
       "step": int(state.step),
-      "config_hash": config_lib.fingerprint(config),
+      "config_hash": config_lib.fingerprint(self.run.config),
       "jaxcl_version": report.version(),
-      **(meta or {}),
+      **self.meta,
     }
-    return run.ckpt.save_next(
-      state, data_state=data_state, meta=info, keep_forever=keep_forever, wait=wait
+    return self.run.ckpt.save_next(
+      state, data_state=data_state, meta=meta, keep_forever=keep_forever, wait=wait
     )
 
-  try:
-    for stage in range(progress.first_stage(), len(stage_steps)):
-      if not progress.in_stage(stage):  # a fresh stage
-        state = hooks.begin_stage(compiled, state, stage)
-        progress = dataclasses.replace(progress, stage=stage, step_in_stage=0, phase="train")
-        data_state = None
-      cursor["progress"] = progress
-      if stage_steps[stage]:
-        graphdef, state, compiled, progress = _train_stage(
-          run,
-          hooks,
-          stage_steps[stage],
-          graphdef,
-          state,
-          compiled,
+  def train(self, stage_steps, graphdef, state, progress, data_state):
+    r, hooks = self.run, self.hooks
+    compiled = hooks.compile(graphdef, state)
+    state = jax.device_put(state, compiled.state_sharding)
+    self.writer = writers.MetricWriter(r.workdir, enabled=r.main_process)
+    self.preempted = PreemptionWatch(r.ckpt)
+    try:
+      for stage in range(progress.first_stage(), len(stage_steps)):
+        if not progress.in_stage(stage):  # a fresh stage
+          state = hooks.begin_stage(compiled, state, stage)
+          progress = dataclasses.replace(progress, stage=stage, step_in_stage=0, phase="train")
+          data_state = None
+        if stage_steps[stage]:
+          graphdef, state, compiled, progress = self.train_stage(
+            stage_steps[stage], graphdef, state, compiled, progress, data_state
+          )
+        state, progress = hooks.end_stage(graphdef, compiled, state, progress)
+        progress = dataclasses.replace(progress, phase="done")
+        self.save(progress, state, None, keep_forever=True)
+        more = stage + 1 < len(stage_steps)
+        if self.preempted.signal is not None and more:  # arrived outside the step loop
+          r.ckpt.wait()
+          logging.warning(PREEMPTED_MESSAGE, int(state.step))
+          raise Preempted()
+    finally:
+      self.preempted.close()
+      r.ckpt.wait()
+      self.writer.close()
+    return graphdef, state, progress
+
+  def train_stage(self, num_steps, graphdef, state, compiled, progress, data_state):
+    """The steps of one stage from `progress.step_in_stage`; returns (graphdef, state,
+    compiled, progress)."""
+    config, hooks, stage = self.run.config, self.hooks, progress.stage
+    it = hooks.batches(stage, compiled, data_state)
+    log_every, every_ckpt = config.train.log_every_steps, config.checkpoint.every_steps
+    bar = tqdm.tqdm(
+      total=num_steps,
+      initial=progress.step_in_stage,
+      desc=f"stage {stage}",
+      disable=not self.run.main_process,
+      leave=False,
+    )
+    pending, tick, tick_step = [], time.time(), progress.step_in_stage
+    global_step = int(state.step)
+    while progress.step_in_stage < num_steps:
+      for hook in hooks.before_step:
+        save = functools.partial(self.save, progress)
+        change = hook(StepView(graphdef, state, compiled, progress, global_step, it, save))
+        if change is None:
+          continue
+        state, progress = change.state, change.progress
+        if change.graphdef is not None:  # a new model shape: its steps, jitted again
+          graphdef, compiled = change.graphdef, hooks.compile(change.graphdef, state)
+          state = jax.device_put(state, compiled.state_sharding)
+      state, m = compiled.train_step(state, next(it))
+      pending.append((m["loss"], m["update_norm"], m["finite"]))
+      global_step += 1
+      s = progress.step_in_stage + 1
+      progress = hooks.after_step(compiled, dataclasses.replace(progress, step_in_stage=s))
+      stopping = self.preempted(global_step)
+      saving = stopping or bool(every_ckpt and global_step % every_ckpt == 0)
+      evaluating = hooks.eval_due(stage, s)
+      # The host reads the device only here: at log intervals, and before every save, so that
+      # a non-finite step is caught before it can reach a checkpoint.
+      if s % log_every == 0 or s == num_steps or saving or evaluating:
+        losses, finite = check_finite(pending, global_step, stage, config.train.nan_policy)
+        seconds = time.time() - tick
+        loss = float(np.mean(losses[finite])) if finite.any() else float("nan")
+        progress = dataclasses.replace(
           progress,
-          data_state,
-          writer,
-          preempted,
-          save,
-          cursor,
+          train_seconds=progress.train_seconds + seconds,
+          skipped_steps=progress.skipped_steps + int((~finite).sum()),
         )
-      state, progress = hooks.end_stage(graphdef, compiled, state, progress)
-      progress = cursor["progress"] = dataclasses.replace(progress, phase="done")
-      save(state, None, keep_forever=True)
-      more = stage + 1 < len(stage_steps)
-      if preempted.signal is not None and more:  # arrived outside the step loop
-        run.ckpt.wait()
-        logging.warning(PREEMPTED_MESSAGE, int(state.step))
-        raise Preempted()
-  finally:
-    preempted.close()
-    run.ckpt.wait()
-    writer.close()
-  return graphdef, state, progress
-
-
-def _train_stage(
-  run,
-  hooks,
-  num_steps,
-  graphdef,
-  state,
-  compiled,
-  progress,
-  data_state,
-  writer,
-  preempted,
-  save,
-  cursor,
-):
-  """The steps of one stage from `progress.step_in_stage`; returns (graphdef, state, compiled,
-  progress)."""
-  config, stage = run.config, progress.stage
-  it = hooks.batches(stage, compiled, data_state)
-  log_every, every_ckpt = config.train.log_every_steps, config.checkpoint.every_steps
-  bar = tqdm.tqdm(
-    total=num_steps,
-    initial=progress.step_in_stage,
-    desc=f"stage {stage}",
-    disable=not run.main_process,
-    leave=False,
-  )
-  pending, tick, tick_step = [], time.time(), progress.step_in_stage
-  global_step = int(state.step)
-  while progress.step_in_stage < num_steps:
-    for hook in hooks.before_step:
-      view = StepView(graphdef, state, compiled, progress, global_step, it, save)
-      change = hook(view)
-      if change is None:
-        continue
-      state, progress = change.state, change.progress
-      cursor["progress"] = progress
-      if change.graphdef is not None:  # a new model shape: its steps, jitted again
-        graphdef, compiled = change.graphdef, hooks.compile(change.graphdef, state)
-        state = jax.device_put(state, compiled.state_sharding)
-    state, m = compiled.train_step(state, next(it))
-    pending.append((m["loss"], m["update_norm"], m["finite"]))
-    global_step += 1
-    s = progress.step_in_stage + 1
-    progress = cursor["progress"] = hooks.after_step(
-      compiled, dataclasses.replace(progress, step_in_stage=s)
-    )
-    stopping = preempted(global_step)
-    saving = stopping or bool(every_ckpt and global_step % every_ckpt == 0)
-    evaluating = hooks.eval_due(stage, s)
-    # The host reads the device only here: at log intervals, and before every save, so that a
-    # non-finite step is caught before it can reach a checkpoint.
-    if s % log_every == 0 or s == num_steps or saving or evaluating:
-      losses, finite = check_finite(pending, global_step, stage, config.train.nan_policy)
-      seconds = time.time() - tick
-      loss = float(np.mean(losses[finite])) if finite.any() else float("nan")
-      progress = dataclasses.replace(
-        progress,
-        train_seconds=progress.train_seconds + seconds,
-        skipped_steps=progress.skipped_steps + int((~finite).sum()),
-      )
-      writer.write(
-        global_step,
-        hooks.log_metrics(compiled, progress, global_step, loss, seconds, s - tick_step),
-      )
-      bar.set_postfix(loss=f"{loss:.4f}")
-      bar.update(s - tick_step)
-      if evaluating:
-        progress = hooks.evaluate(compiled, state, progress, global_step, writer)
-      cursor["progress"] = progress
-      pending, tick, tick_step = [], time.time(), s
-    if saving:
-      save(state, it.get_state(), keep_forever=False, wait=stopping)
-      if stopping:
-        logging.warning(PREEMPTED_MESSAGE, global_step)
-        raise Preempted()
-  bar.close()
-  return graphdef, state, compiled, progress
+        metrics = hooks.log_metrics(compiled, progress, global_step, loss, seconds, s - tick_step)
+        self.writer.write(global_step, metrics)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update(s - tick_step)
+        if evaluating:
+          progress = hooks.evaluate(compiled, state, progress, global_step, self.writer)
+        pending, tick, tick_step = [], time.time(), s
+      if saving:
+        self.save(progress, state, it.get_state(), keep_forever=False, wait=stopping)
+        if stopping:
+          logging.warning(PREEMPTED_MESSAGE, global_step)
+          raise Preempted()
+    bar.close()
+    return graphdef, state, compiled, progress
 
 
 def finish(run: Run, results: dict) -> dict:

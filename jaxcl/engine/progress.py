@@ -11,14 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-PHASES = ("start", "train", "done")  # done: the stage's end is evaluated and saved
-
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
   stage: int = 0  # index of the current (or last finished) stage
   step_in_stage: int = 0  # gradient steps taken in it
-  phase: str = "start"  # one of PHASES
+  phase: str = "start"  # start | train | done (the stage's end is evaluated and saved)
   train_seconds: float = 0.0  # wall time of the step loops (evaluation excluded)
   skipped_steps: int = 0  # non-finite steps skipped (train.nan_policy="skip")
   rows: tuple = ()  # one per finished stage: the recipe's evaluation after it
