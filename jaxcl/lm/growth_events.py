@@ -27,7 +27,6 @@ from absl import logging
 from flax import nnx
 
 from jaxcl import growth
-from jaxcl.data import text
 from jaxcl.engine import state as state_lib
 from jaxcl.growth import base, ligo, msg, optimizer
 
@@ -124,13 +123,12 @@ class GrowthPlan:
     model = growth.build_model(self.cfgs[done], self.config.seed)
     return state_lib.init_state(model, nnx.Param, self.tx, {}, self.num_domains, self.config.seed)
 
-  def grow(self, i: int, graphdef, state, step: int, batches, valid_source):
+  def grow(self, i: int, graphdef, state, step: int, batches, valid_batch: dict):
     """Applies event `i` to `state`; returns (graphdef, state, record).
 
-    `batches` feeds a trained operator (LiGO); the logit change is measured on the first
-    batch of `valid_source`.
+    `batches` feeds a trained operator (LiGO); the logit change is measured on `valid_batch`
+    (replicated).
     """
-    valid_batch = self._valid_batch(valid_source, state)
     event, op = self.events[i], self.ops[i]
     src_cfg, dst_cfg = self.cfgs[i], self.cfgs[i + 1]
     big = growth.build_model(dst_cfg, self.config.seed + 1 + i)
@@ -176,20 +174,6 @@ class GrowthPlan:
     }
     logging.info("growth at step %d: %s", step, record)
     return dst_graphdef, new_state, record
-
-  def _valid_batch(self, source, state) -> dict:
-    sh = jax.tree.leaves(state.params)[0].sharding
-    if isinstance(sh, jax.sharding.NamedSharding):
-      sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())  # replicated
-    data = self.config.data
-    batches = text.valid_batches(
-      source,
-      num_sequences=data.valid_sequences,
-      global_batch=data.eval_batch_size,
-      sharding=sh,
-      num_threads=data.num_threads,
-    )
-    return next(iter(batches))
 
   def _logits(self, graphdef, params, frozen, batch):
     objective = self.config.train.objective

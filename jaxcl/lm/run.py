@@ -156,17 +156,21 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     model_cfg = nnx.merge(graphdef, state.params, state.frozen).config
     return models.flops_per_token(model_cfg, data.seq_len)
 
+  def valid_batches(source, batch_sharding):
+    """The fixed validation windows of a domain, as global batches."""
+    return text.valid_batches(
+      source,
+      num_sequences=data.valid_sequences,
+      global_batch=data.eval_batch_size,
+      sharding=batch_sharding,
+      num_threads=data.num_threads,
+    )
+
   def validate(compiled, state) -> list[float]:
     """Mean token loss on the fixed validation windows of every domain."""
     out = []
     for source in valid_sources:
-      batches = text.valid_batches(
-        source,
-        num_sequences=data.valid_sequences,
-        global_batch=data.eval_batch_size,
-        sharding=batch_sh,
-        num_threads=data.num_threads,
-      )
+      batches = valid_batches(source, batch_sh)
       sums = jax.device_get([compiled.other.loss_step(state, b) for b in batches])
       total = sum(float(x["loss_sum"]) for x in sums)
       out.append(total / max(sum(float(x["tokens"]) for x in sums), 1.0))
@@ -184,8 +188,12 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     done = len(view.progress.growth_events)
     if not plan.due(done, view.global_step):
       return None
+    sh = jax.tree.leaves(view.state.params)[0].sharding
+    if isinstance(sh, jax.sharding.NamedSharding):
+      sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())  # replicated
+    valid_batch = next(iter(valid_batches(valid_sources[0], sh)))  # for the logit change
     graphdef, state, event = plan.grow(
-      done, view.graphdef, view.state, view.global_step, view.batches, valid_sources[0]
+      done, view.graphdef, view.state, view.global_step, view.batches, valid_batch
     )
     extra = event["extra_tokens"]
     p = view.progress
