@@ -18,7 +18,7 @@ reports:
   the FLOPs the program executes, e.g. L2P's extra query pass and, with `clip_scope=all`, the
   frozen backbone's weight gradients), the achieved FLOP/s and MFU = achieved / peak, where
   the peak is the FLOP/s of a 2048² float32 matmul chain measured on the same device just
-  before and after the row (jaxcl.train.throughput.measured_peak_flops; the better of the two,
+  before and after the row (jaxcl.engine.throughput.measured_peak_flops; the better of the two,
   so that MFU follows the load of a shared machine). For the GPT, `mfu_model` also gives MaxText's
   model-FLOPs MFU (6 N + causal attention per token, jaxcl/models/gpt.py);
 - compiles: how often the train step was traced over warm-up, the timed steps, a task switch

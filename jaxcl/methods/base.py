@@ -2,7 +2,7 @@
 
 Shaped like optax's `GradientTransformation`: a factory `make(config) -> Method`
 closes over the hyperparameters and returns functions that never mutate anything.
-The generic train step (jaxcl/train/step.py) never names a method; per-task
+The generic train step (jaxcl/engine/step.py) never names a method; per-task
 changes reach a method only through traced arrays in `Ctx`, so a whole task
 sequence compiles the step once. Only task-boundary hooks run on the host.
 """
