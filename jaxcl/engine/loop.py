@@ -154,10 +154,6 @@ class StepChange(NamedTuple):
   graphdef: Any = None
 
 
-def _no_change(view: StepView) -> None:
-  del view
-
-
 class Hooks(NamedTuple):
   """What a recipe adds to the stage loop."""
 
