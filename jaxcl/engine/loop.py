@@ -116,7 +116,8 @@ def resume(run: Run, target, progress_type: type[Progress] = Progress):
     return None
   progress = progress_type.from_json(restored.meta["progress"])
   logging.info(
-    "resumed from checkpoint %d (stage %d, step %d in stage, phase %s)",
+    "resumed from step %d (checkpoint %d, stage %d, step %d in stage, phase %s)",
+    int(restored.state.step),
     restored.step,
     progress.stage,
     progress.step_in_stage,
