@@ -29,9 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jaxcl import config_lib  # noqa: E402
-from jaxcl.cpt import run as cpt_run  # noqa: E402
 from jaxcl.growth import timing  # noqa: E402
-from jaxcl.train import step as step_lib  # noqa: E402
+from jaxcl.lm import run as lm_run  # noqa: E402
 
 RUNS = {
   # name: (config file, overrides, the scratch run it is compared with)
@@ -92,9 +91,8 @@ def run_one(name: str, steps: int, eval_every: int, cache_dir: str, reuse: bool)
     if cached["fingerprint"] == fingerprint:
       print(f"{name}: reusing {path}")
       return cached
-  step_lib.TRACES.clear()  # a per-process counter: count this run's compilations only
   with tempfile.TemporaryDirectory() as tmp:
-    results = cpt_run.run(config, tmp)
+    results = lm_run.run(config, tmp)
   flops, loss = mean_curve(results)
   out = {
     "fingerprint": fingerprint,

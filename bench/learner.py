@@ -16,9 +16,9 @@ import numpy as np
 from flax import nnx
 
 from jaxcl import config_lib, methods
-from jaxcl.train import optim
-from jaxcl.train import state as state_lib
-from jaxcl.train import step as step_lib
+from jaxcl.engine import optim
+from jaxcl.engine import state as state_lib
+from jaxcl.engine import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +30,7 @@ class Learner(NamedTuple):
   state: state_lib.LearnerState
   train_step: Any  # (state, batch) -> (state, metrics), jitted, donates the state
   batch: dict  # one random batch: image uint8 [B, H, W, 3], label int32 [B], mask bool [B]
+  traces: step_lib.Traces  # traces of `train_step`
 
 
 def build(
@@ -51,17 +52,19 @@ def build(
     "label": jnp.asarray(rng.integers(0, 10, (batch,)), jnp.int32),
     "mask": jnp.ones((batch,), bool),
   }
+  traces = step_lib.Traces()
   train_step = step_lib.make_train_step(
-    method,
+    method.loss,
     graphdef,
     tx,
     scale=config.data.scale,
     skip_nonfinite=False,
     state_sharding=None,
     batch_sharding=None,
+    traces=traces,
     clip_all=config.optim.clip_norm if config.optim.clip_scope == "all" else 0.0,
   )
-  return Learner(config, method, graphdef, state, train_step, data)
+  return Learner(config, method, graphdef, state, train_step, data, traces)
 
 
 def seconds_per_call(fn, calls: int) -> float:

@@ -11,14 +11,14 @@ tokens, and nanoGPT's 6 x 384 character model at 8 x 256, the DESIGN.md §8 targ
 reports:
 
 - train: examples/s (tokens/s for the GPT) and seconds per step of the jitted train step,
-  called back to back as jaxcl/train/loop.py calls it (the host reads nothing between steps),
+  called back to back as jaxcl/engine/loop.py calls it (the host reads nothing between steps),
   the faster of two blocks of `--steps` steps;
 - eval: examples/s (tokens/s) of the jitted evaluation step (all heads, task masks, sums);
 - GFLOP/step from XLA's cost analysis of the compiled train step (`compiled.cost_analysis()`:
   the FLOPs the program executes, e.g. L2P's extra query pass and, with `clip_scope=all`, the
   frozen backbone's weight gradients), the achieved FLOP/s and MFU = achieved / peak, where
   the peak is the FLOP/s of a 2048² float32 matmul chain measured on the same device just
-  before and after the row (jaxcl.train.throughput.measured_peak_flops; the better of the two,
+  before and after the row (jaxcl.engine.throughput.measured_peak_flops; the better of the two,
   so that MFU follows the load of a shared machine). For the GPT, `mfu_model` also gives MaxText's
   model-FLOPs MFU (6 N + causal attention per token, jaxcl/models/gpt.py);
 - compiles: how often the train step was traced over warm-up, the timed steps, a task switch
@@ -55,12 +55,12 @@ import numpy as np
 from flax import nnx
 
 from jaxcl import config_lib
-from jaxcl.cpt import models, objectives, schedules
 from jaxcl.data import text
+from jaxcl.engine import optim, throughput
+from jaxcl.engine import state as state_lib
+from jaxcl.engine import step as step_lib
+from jaxcl.lm import models, objectives, schedules
 from jaxcl.models import gpt
-from jaxcl.train import optim, throughput
-from jaxcl.train import state as state_lib
-from jaxcl.train import step as step_lib
 
 # configs/<name>.py of every class-incremental method (joint is finetune on one task).
 METHODS = (
@@ -113,11 +113,11 @@ def _commit(tree):
 REPEATS = 2  # timed blocks per measurement; the fastest counts (the machine may be shared)
 
 
-def time_train(train_step, state, batch, steps: int, switch) -> tuple[dict, object]:
+def time_train(train_step, traces, state, batch, steps: int, switch) -> tuple[dict, object]:
   """Compiles, warms up and times `steps` back-to-back steps (best of REPEATS blocks), then
   switches task and steps on. Returns (timings, state); `switch(state)` makes the next task's
-  state."""
-  traces = step_lib.TRACES["train"]
+  state; `traces` is the step's trace counter."""
+  before = traces["train"]
   t0 = time.perf_counter()
   state, m = train_step(state, batch)
   jax.block_until_ready(m)
@@ -141,12 +141,12 @@ def time_train(train_step, state, batch, steps: int, switch) -> tuple[dict, obje
     "compile_s": compile_s,
     "step_s": best[0],
     "dispatch_s": best[1],
-    "compiles": step_lib.TRACES["train"] - traces,
+    "compiles": traces["train"] - before,
   }
   return out, state
 
 
-def device_seconds(train_step, state, batch, steps: int) -> tuple[float, object]:
+def device_seconds(train_step, traces, state, batch, steps: int) -> tuple[float, object]:
   """Seconds per step of `steps` steps inside one jitted fori_loop (the device computation
   alone, no Python or dispatch between steps; best of REPEATS), and the state after them.
 
@@ -162,14 +162,14 @@ def device_seconds(train_step, state, batch, steps: int) -> tuple[float, object]
     return jax.lax.fori_loop(0, steps, body, state)
 
   loop = jax.jit(run, donate_argnums=0)
-  traces = step_lib.TRACES["train"]
+  before = traces["train"]
   state = jax.block_until_ready(loop(state, batch))  # compile
   best = float("inf")
   for _ in range(REPEATS):
     t0 = time.perf_counter()
     state = jax.block_until_ready(loop(state, batch))
     best = min(best, (time.perf_counter() - t0) / steps)
-  step_lib.TRACES["train"] = traces  # the fori_loop's trace is not a train-step compile
+  traces["train"] = before  # the fori_loop's trace is not a train-step compile
   return best, state
 
 
@@ -209,19 +209,20 @@ def bench_cil(name: str, preset: str, variant: str, image_size: int, batch: int,
   if lrn.method.loss is None:
     row["train"] = "closed form (class means from one forward pass per task)"
   else:
-    train, state = time_train(lrn.train_step, state, data, steps, switch)
-    device_s, state = device_seconds(lrn.train_step, state, data, steps)
+    train, state = time_train(lrn.train_step, lrn.traces, state, data, steps, switch)
+    device_s, state = device_seconds(lrn.train_step, lrn.traces, state, data, steps)
     flops = xla_flops(lrn.train_step, state, data)
     row.update(_train_columns(train, device_s, flops, batch))
     if name in FIRST_TASK_ONLY:
       row["train"] = "first task only"
   eval_step = step_lib.make_eval_step(
-    lrn.method,
+    lrn.method.predict,
     lrn.graphdef,
     scale=lrn.config.data.scale,
     mask_unseen=lrn.config.eval.mask_unseen,
     state_sharding=None,
     batch_sharding=_batch_sharding(),
+    traces=lrn.traces,
   )
   eval_s = learner.seconds_per_call(lambda: eval_step(state, data, state.current), steps)
   row["eval_per_s"] = batch / eval_s
@@ -234,8 +235,8 @@ def _batch_sharding():
 
 
 def _gpt(preset: str, batch: int, seq_len: int, scan_layers: bool):
-  """(config, vocab, objective, graphdef, state, train_step) of configs/cpt.py on a GPT preset
-  (AdamW, re-warmed cosine over two domains)."""
+  """(config, vocab, objective, graphdef, state, train_step, traces) of configs/cpt.py on a GPT
+  preset (AdamW, re-warmed cosine over two domains)."""
   path = os.path.join(learner.ROOT, "configs", "cpt.py")
   overrides = {
     "model.preset": preset,
@@ -245,26 +246,28 @@ def _gpt(preset: str, batch: int, seq_len: int, scan_layers: bool):
   }
   config = config_lib.load(path, "default", **overrides)
   vocab = text.make_tokenizer(config.data.tokenizer).vocab_size
-  objective = objectives.make("lm", models.build)
-  model = objective.method.build(config, vocab, nnx.Rngs(0))
+  objective = objectives.make("lm")
+  model = models.build(config, vocab, nnx.Rngs(0))
   tx = optim.make_optimizer(config.optim, schedules.make(config, [1000, 1000]))
   graphdef, state = state_lib.init_state(model, nnx.Param, tx, {}, 2, 0)
+  traces = step_lib.Traces()
   train_step = step_lib.make_train_step(
-    objective.method,
+    objective.loss,
     graphdef,
     tx,
     scale="none",
     skip_nonfinite=False,
     state_sharding=None,
     batch_sharding=None,
+    traces=traces,
   )
-  return config, vocab, objective, graphdef, state, train_step
+  return config, vocab, objective, graphdef, state, train_step, traces
 
 
 def bench_gpt(preset: str, batch: int, seq_len: int, steps: int) -> dict:
   """The GPT as configs/cpt.py runs it (layers under `scan`). XLA's cost analysis counts a
   loop body once, so the FLOPs come from the same step with the layers unrolled."""
-  config, vocab, objective, graphdef, state, train_step = _gpt(preset, batch, seq_len, True)
+  config, vocab, objective, graphdef, state, train_step, traces = _gpt(preset, batch, seq_len, True)
   num_params = state_lib.count_params(state.params)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, vocab, (batch, seq_len + 1), np.int32)
@@ -274,9 +277,9 @@ def bench_gpt(preset: str, batch: int, seq_len: int, steps: int) -> dict:
     task = {"task": np.int32(1), "seen": np.array([True, True]), "current": np.array([0, 1], bool)}
     return state.replace(**_commit(task))
 
-  train, state = time_train(train_step, state, data, steps, switch)
-  device_s, state = device_seconds(train_step, state, data, steps)
-  *_, unrolled_state, unrolled_step = _gpt(preset, batch, seq_len, False)
+  train, state = time_train(train_step, traces, state, data, steps, switch)
+  device_s, state = device_seconds(train_step, traces, state, data, steps)
+  *_, unrolled_state, unrolled_step, _ = _gpt(preset, batch, seq_len, False)
   flops = xla_flops(unrolled_step, unrolled_state, data)
   units = batch * seq_len
   row = {
@@ -291,7 +294,11 @@ def bench_gpt(preset: str, batch: int, seq_len: int, steps: int) -> dict:
   model_flops = models.train_flops_per_token(config, vocab) * units
   row["model_gflop_per_step"] = model_flops / 1e9
   loss_step = step_lib.make_loss_step(
-    objective.loss_sums, graphdef, state_sharding=None, batch_sharding=_batch_sharding()
+    objective.loss_sums,
+    graphdef,
+    state_sharding=None,
+    batch_sharding=_batch_sharding(),
+    traces=traces,
   )
   eval_s = learner.seconds_per_call(lambda: loss_step(state, data), steps)
   row["eval_per_s"] = units / eval_s

@@ -1,7 +1,9 @@
 """The only module that talks to orbax: one `CheckpointManager` per run (DESIGN.md §6).
 
 A checkpoint holds three items: the learner state (sharded arrays, `StandardSave`), the
-data-iterator state and the run metadata (both JSON). Task-boundary checkpoints
+data-iterator state and the run metadata (both JSON). Checkpoint ids are a save counter owned
+here (`save_next`): 1, 2, 3, ... in the order of the saves, continuing after the newest id in
+the directory, so no run derives ids from steps or tasks. Task-boundary checkpoints
 (`keep_forever=True`) are never garbage-collected; of the others only the newest `keep`
 survive. Whether a step is permanent is written into orbax's step metadata
 (`custom_metadata`), so the policy holds across restarts. Restore takes an abstract target
@@ -83,6 +85,7 @@ class Checkpointer:
         or (info.custom_metadata or {}).get("keep_forever", True)
       ):
         self._policy.permanent.add(step)  # half-written, unreadable or unmarked: keep it
+    self._next_id = max(self._mgr.all_steps(), default=0) + 1
 
   def _step_metadata(self, step: int):
     """Orbax's `StepMetadata` of `step` (its `_CHECKPOINT_METADATA` file), None if unreadable."""
@@ -144,8 +147,16 @@ class Checkpointer:
       custom_metadata={"keep_forever": keep_forever},
       force=True,  # we decide when to save; orbax would skip steps <= its latest one
     )
+    self._next_id = max(self._next_id, step + 1)
     if wait:
       self.wait()
+
+  def save_next(self, state, *, data_state: dict | None, meta: dict, **kwargs) -> int:
+    """`save` under the next checkpoint id, which it returns (ids only grow, also past
+    checkpoints that failed to restore: those are never overwritten)."""
+    step = self._next_id
+    self.save(step, state, data_state=data_state, meta=meta, **kwargs)
+    return step
 
   def reached_preemption(self, step: int) -> bool:
     """True on every host at the step all hosts agreed to save at after a preemption notice.

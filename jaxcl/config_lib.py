@@ -22,7 +22,7 @@ ConfigDict = ml_collections.ConfigDict
 def base_config() -> ConfigDict:
   """Defaults for every run. Sections: data, model, method, optim, train, eval, checkpoint, mesh."""
   c = ConfigDict()
-  c.kind = "cil"  # cil (jaxcl/train/loop.py) | cpt (jaxcl/cpt/run.py)
+  c.kind = "cil"  # cil (jaxcl/cil/run.py) | cpt (jaxcl/lm/run.py)
   c.name = ""  # config family, e.g. "l2p"; names the default workdir runs/<name>-<preset>
   c.preset = "default"
   c.seed = 0
@@ -109,15 +109,14 @@ def mesh_config(*, data: int, fsdp: int) -> ConfigDict:
 
 
 def cpt_base_config() -> ConfigDict:
-  """Defaults for continual-pretraining runs (`kind="cpt"`, jaxcl/cpt/run.py).
+  """Defaults for continual-pretraining runs (`kind="cpt"`, jaxcl/lm/run.py).
 
-  Sections: data (jaxcl/data/text.py), model (jaxcl/cpt/models.py), optim (as for CIL; the
-  learning rate comes from `schedule`), schedule (jaxcl/cpt/schedules.py), replay
-  (jaxcl/cpt/replay.py), growth (jaxcl/growth/events.py), train, eval, checkpoint, mesh.
+  Sections: data (jaxcl/data/text.py), model (jaxcl/lm/models.py), optim (as for CIL; the
+  learning rate comes from `schedule`), schedule (jaxcl/lm/schedules.py), replay
+  (jaxcl/lm/replay.py), growth (jaxcl/lm/growth_events.py), train, eval, checkpoint, mesh.
   """
-  from jaxcl.cpt import replay, schedules  # noqa: PLC0415
   from jaxcl.data import text  # noqa: PLC0415
-  from jaxcl.growth import events  # noqa: PLC0415
+  from jaxcl.lm import growth_events, replay, schedules  # noqa: PLC0415
 
   cil = base_config()
   c = ConfigDict()
@@ -152,7 +151,7 @@ def cpt_base_config() -> ConfigDict:
   c.optim.reset_per_task = True  # fresh moments at each domain (Ibrahim et al. 2024)
   c.schedule = schedules.default_config()
   c.replay = replay.default_config()
-  c.growth = events.default_config()  # growth events inside the run (jaxcl/growth/events.py)
+  c.growth = growth_events.default_config()  # growth events inside the run
 
   c.train = ConfigDict()
   c.train.objective = "lm"  # lm (GPT) | mlm (BERT)

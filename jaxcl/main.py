@@ -1,7 +1,8 @@
 """Command line: `python -m jaxcl.main --config=configs/<name>.py[:<preset>] [--workdir=DIR]`.
 
-This file is intentionally short; the work happens in `jaxcl.train.loop.run` (class-incremental
-runs) or `jaxcl.cpt.run.run` (continual pretraining, `config.kind == "cpt"`).
+This file is intentionally short; the work happens in `jaxcl.cil.run.run` (class-incremental
+runs) or `jaxcl.lm.run.run` (continual pretraining and growth, `config.kind == "cpt"`), two
+recipes on one stage loop (jaxcl/engine/loop.py).
 Configs are locked, so `--config.<key>=<value>` with an unknown key or a value of
 the wrong type is an error that names the key.
 """
@@ -77,10 +78,11 @@ def main(argv) -> None:
   logging.info("config %s:%s -> workdir %s", config.name, config.preset, workdir)
   # After the flags are parsed: grain workers read absl flags.
   from jaxcl import checkpoint  # noqa: PLC0415
-  from jaxcl.cpt import run as cpt_run  # noqa: PLC0415
-  from jaxcl.train import loop, report  # noqa: PLC0415
+  from jaxcl.cil import run as cil_run  # noqa: PLC0415
+  from jaxcl.engine import loop, report  # noqa: PLC0415
+  from jaxcl.lm import run as lm_run  # noqa: PLC0415
 
-  run = cpt_run.run if config.kind == "cpt" else loop.run
+  run = lm_run.run if config.kind == "cpt" else cil_run.run
   try:
     results = run(config, workdir)
   except (checkpoint.CheckpointError, report.ConfigMismatch, loop.NonFiniteLoss) as e:

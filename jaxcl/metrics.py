@@ -72,15 +72,6 @@ def one_step_forgetting(acc: np.ndarray) -> float:
   return float(np.mean(steps))
 
 
-def backward_transfer(acc: np.ndarray) -> float:
-  """Mean over old tasks j < T-1 of acc[T-1, j] − acc[j, j] (Lopez-Paz & Ranzato, 2017)."""
-  acc = _square(acc, "acc")
-  t = len(acc)
-  if t == 1:
-    return 0.0
-  return float(np.mean(acc[t - 1, : t - 1] - np.diag(acc)[: t - 1]))
-
-
 def cil_summary(acc: np.ndarray, counts: np.ndarray, task_il_acc: np.ndarray | None = None) -> dict:
   """The class-incremental summary numbers of results.json (DESIGN.md §3).
 
@@ -95,7 +86,7 @@ def cil_summary(acc: np.ndarray, counts: np.ndarray, task_il_acc: np.ndarray | N
 
   Returns:
     A dict of Python floats: `A_last`, `A_avg`, `A_last_taskmean`, `forgetting`,
-    `forgetting_coda`, `backward_transfer`, `A_curve` (list of T floats) and, when
+    `forgetting_coda`, `A_curve` (list of T floats) and, when
     `task_il_acc` is given, `task_il_A_last`.
   """
   acc = _square(acc, "acc")
@@ -106,7 +97,6 @@ def cil_summary(acc: np.ndarray, counts: np.ndarray, task_il_acc: np.ndarray | N
     "A_last_taskmean": float(np.mean(acc[-1])),
     "forgetting": max_forgetting(acc),
     "forgetting_coda": one_step_forgetting(acc),
-    "backward_transfer": backward_transfer(acc),
     "A_curve": [float(a) for a in curve],
   }
   if task_il_acc is not None:

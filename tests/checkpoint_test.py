@@ -262,3 +262,18 @@ def test_no_good_checkpoint_raises_and_deletes_nothing(tmp_path):
   assert snapshot(tmp_path) == before
   with pytest.raises(checkpoint.CheckpointError, match="no committed checkpoint at step 5"):
     ck.restore(abstract(big_tree(mesh, 0.0), mesh, lambda x: P()), step=5)
+
+
+def test_save_next_counts_saves_and_continues_past_every_existing_step(tmp_path):
+  mesh = sharding.make_mesh(1)
+  ck = checkpoint.Checkpointer(str(tmp_path), keep=5)
+  ids = [ck.save_next(big_tree(mesh, v), data_state=None, meta={"v": v}) for v in (0.0, 1.0)]
+  ck.save(7, big_tree(mesh, 7.0), data_state=None, meta={"v": 7.0})  # e.g. a bad newer step
+  assert ids == [1, 2]
+  assert ck.save_next(big_tree(mesh, 8.0), data_state=None, meta={"v": 8.0}, wait=True) == 8
+  ck.close()
+  reopened = checkpoint.Checkpointer(str(tmp_path), keep=5)  # a resumed run
+  assert reopened.save_next(big_tree(mesh, 9.0), data_state=None, meta={}, wait=True) == 9
+  assert reopened.steps() == [1, 2, 7, 8, 9]
+  assert reopened.read_meta(8) == {"v": 8.0}
+  reopened.close()

@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import ROOT, config_names, load_config
 
-from jaxcl.train import loop
+from jaxcl.cil import run as cil_run
 
 CIL_PRESETS = ("default", "fmnist", "smoke", "cifar100", "imagenet_r")
 NOT_CIL = {"pretrain_vit"}  # configs without the class-incremental benchmark presets
@@ -19,7 +19,7 @@ NOT_CIL = {"pretrain_vit"}  # configs without the class-incremental benchmark pr
 @pytest.mark.parametrize("name", config_names())
 def test_smoke_preset_runs(name, tmp_path):
   config = load_config(name, "smoke")
-  results = loop.run(config, str(tmp_path))
+  results = cil_run.run(config, str(tmp_path))
   assert results["A_last"] >= 0.0
   assert (tmp_path / "results.json").exists()
 

@@ -14,15 +14,13 @@ import pytest
 from helpers import load_config
 
 from jaxcl import checkpoint, writers
-from jaxcl.cpt import run as cpt_run
-from jaxcl.train import loop
-from jaxcl.train import step as step_lib
+from jaxcl.engine import loop
+from jaxcl.lm import run as lm_run
 
 
 def test_smoke_run_fills_the_loss_matrix_and_the_curve(tmp_path):
-  step_lib.TRACES.clear()
   config = load_config("cpt", "smoke")
-  results = cpt_run.run(config, str(tmp_path))
+  results = lm_run.run(config, str(tmp_path))
   d = len(results["domains"])
   loss = np.asarray(results["loss_matrix"])
   assert loss.shape == (d, d) == (2, 2) and np.isfinite(loss).all()
@@ -47,7 +45,7 @@ def test_sigterm_between_domains_stops_at_the_boundary_and_resumes_identically(
 ):
   """A preemption notice that arrives while a domain's end is evaluated and written (outside
   the step loop) stops the run at that domain's checkpoint, exit code 75."""
-  straight = cpt_run.run(load_config("cpt", "smoke"), str(tmp_path / "straight"))
+  straight = lm_run.run(load_config("cpt", "smoke"), str(tmp_path / "straight"))
   real = writers.write_loss_curves
   sent = []
 
@@ -59,13 +57,13 @@ def test_sigterm_between_domains_stops_at_the_boundary_and_resumes_identically(
   monkeypatch.setattr(writers, "write_loss_curves", signal_once)
   work = tmp_path / "stopped"
   with pytest.raises(SystemExit) as stopped:
-    cpt_run.run(load_config("cpt", "smoke"), str(work))
+    lm_run.run(load_config("cpt", "smoke"), str(work))
   assert stopped.value.code == loop.PREEMPTED_EXIT_CODE
   ckpt = checkpoint.Checkpointer(str(work / "checkpoints"))
   meta = ckpt.read_meta()
   ckpt.close()
-  assert meta["progress"]["task"] == 0 and meta["progress"]["phase"] == "done"
-  resumed = cpt_run.run(load_config("cpt", "smoke"), str(work))
+  assert meta["progress"]["stage"] == 0 and meta["progress"]["phase"] == "done"
+  resumed = lm_run.run(load_config("cpt", "smoke"), str(work))
   assert resumed["loss_matrix"] == straight["loss_matrix"]
   assert resumed["curve"] == straight["curve"]
 
@@ -78,14 +76,14 @@ def test_loss_decreases_on_a_tiny_corpus(tmp_path):
     "eval.dense_steps": 1,
     "replay.fraction": 0.0,
   }
-  results = cpt_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  results = lm_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
   first, last = results["curve"][0]["val_loss"], results["curve"][-1]["val_loss"]
   assert last["prose:json"] < first["prose:json"] - 0.5
 
 
 def test_mlm_objective_trains_a_bert(tmp_path):
   overrides = {"train.objective": "mlm", "data.mlm_probability": 0.15, "replay.fraction": 0.0}
-  results = cpt_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  results = lm_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
   assert np.isfinite(results["loss_matrix"]).all()
   assert results["objective"] == "mlm"
 
@@ -94,7 +92,7 @@ def test_eval_schedule_is_dense_at_the_start_of_a_domain():
   ev = load_config("cpt", "smoke", **{"eval.dense_steps": 4, "eval.dense_every": 2}).eval
   ev.unlock()
   ev.every_steps = 5
-  due = [s for s in range(1, 13) if cpt_run.eval_due(s, 12, ev)]
+  due = [s for s in range(1, 13) if lm_run.eval_due(s, 12, ev)]
   assert due == [2, 4, 5, 10, 12]
 
 
@@ -105,7 +103,7 @@ def test_a_new_domain_resets_the_moments_but_keeps_the_global_schedule():
   opt = tx.init(params)
   for _ in range(5):
     _, opt = tx.update({"w": jnp.ones(3)}, opt, params)
-  fresh = cpt_run._keep_schedule_count(tx.init(params), opt)
+  fresh = lm_run._keep_schedule_count(tx.init(params), opt)
   adam = [s for s in jax.tree.leaves(fresh, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu")]
   assert float(jnp.abs(adam[0].mu["w"]).sum()) == 0.0 and int(adam[0].count) == 0
   counts = [
@@ -126,15 +124,17 @@ def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_pat
     "train.log_every_steps": 1,
   }
   config = load_config("cpt", "smoke", **overrides)
-  results = cpt_run.run(config, str(tmp_path))
+  results = lm_run.run(config, str(tmp_path))
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   lr = {x["step"]: x["lr"] for x in lines if "lr" in x}
   # The logged lr of step s is the schedule at s - 1.
   assert lr[6] < lr[4] == pytest.approx(1e-3)  # domain 0 anneals over its last 2 steps ...
   assert lr[7] == pytest.approx(1e-3)  # ... and domain 1 starts at the constant rate
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
-  branch_points = [s for s in ckpt.steps() if s % 2]
-  pre = ckpt.read_state(branch_points[0])
+  pre_anneal = ckpt.read_meta(ckpt.steps()[0])  # the first save: no periodic ones here
+  assert pre_anneal["step"] == 4  # saved before step 5, the first annealed step of domain 0
+  assert pre_anneal["progress"]["stage"] == 0 and pre_anneal["progress"]["step_in_stage"] == 4
+  pre = ckpt.read_state(ckpt.steps()[0])
   ckpt.close()
-  assert int(pre["step"]) == 4  # saved before step 5, the first annealed step of domain 0
+  assert int(pre["step"]) == 4
   assert np.isfinite(results["loss_matrix"]).all()

@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from jaxcl.train import loop, step
+from jaxcl.cil import run as cil_run
+from jaxcl.engine import loop, step
 
 
-def run(tmp_path, name="finetune", preset="smoke", **overrides):
+def run(tmp_path, name="finetune", preset="smoke", traces=None, **overrides):
   config = load_config(name, preset, **overrides)
-  return loop.run(config, str(tmp_path)), config
+  return cil_run.run(config, str(tmp_path), traces), config
 
 
 def test_three_tasks_compile_the_train_step_once(tmp_path):
-  step.TRACES.clear()
-  results, _ = run(tmp_path, **{"data.num_classes": 6})
+  traces = step.Traces()
+  results, _ = run(tmp_path, traces=traces, **{"data.num_classes": 6})
   assert results["num_tasks"] == 3
   assert results["train_compiles"] == 1
-  assert step.TRACES["train"] == 1
-  assert step.TRACES["begin_task"] == 1
+  assert traces["train"] == 1
+  assert traces["begin_task"] == 1
 
 
 def test_results_json_has_the_design_keys(tmp_path):
@@ -59,9 +60,9 @@ def test_results_json_has_the_design_keys(tmp_path):
 
 
 def test_simplecil_takes_no_gradient_step_and_beats_chance(tmp_path):
-  step.TRACES.clear()
-  results, _ = run(tmp_path, "simplecil")
-  assert step.TRACES["train"] == 0
+  traces = step.Traces()
+  results, _ = run(tmp_path, "simplecil", traces)
+  assert traces["train"] == 0 and results["train_compiles"] == 0
   assert results["A_last"] > 100 / 4
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, cpu_env, load_config, main_command
 
-from jaxcl.cpt import run as cpt_run
-from jaxcl.train import step as step_lib
+from jaxcl import checkpoint
+from jaxcl.lm import run as lm_run
 
 CONFIGS = ("growth_stack", "growth_msg", "growth_bert2bert", "growth_ligo")
 EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function preserving
@@ -20,9 +20,8 @@ EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function pres
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_growth_config_smoke_run(name, tmp_path):
-  step_lib.TRACES.clear()
   config = load_config(name, "smoke")
-  results = cpt_run.run(config, str(tmp_path))
+  results = lm_run.run(config, str(tmp_path))
   assert results["train_compiles"] == 1 + len(config.growth.events) == 2
   (event,) = results["growth_events"]
   assert set(event) >= {"step", "operator", "from", "to", "max_abs_logit_change"}
@@ -42,9 +41,12 @@ def test_growth_config_smoke_run(name, tmp_path):
     assert load_config(name, key).preset == key and other is None
 
 
-def _ckpt_ids(workdir) -> list[int]:
-  names = os.listdir(workdir / "checkpoints")
-  return sorted(int(n) for n in names if n.isdigit())
+def _ckpt_steps(workdir) -> dict[int, int]:
+  """Checkpoint id -> the global step saved there (from its metadata)."""
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"))
+  steps = {i: ckpt.read_meta(i)["step"] for i in ckpt.steps()}
+  ckpt.close()
+  return steps
 
 
 @pytest.mark.parametrize(  # before / after the event at step 3; later checkpoints gone or bad
@@ -52,20 +54,17 @@ def _ckpt_ids(workdir) -> list[int]:
 )
 def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_through_step, later):
   overrides = {"checkpoint.every_steps": 1, "checkpoint.keep": 100}
-  straight = cpt_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "a"))
+  straight = lm_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "a"))
   # A run "killed" after `keep_through_step` steps: its later checkpoints never happened.
   shutil.copytree(tmp_path / "a", tmp_path / "b")
   os.remove(tmp_path / "b" / "results.json")
-  task = 0 if keep_through_step <= 4 else 1
-  last = 2 * (keep_through_step + task)  # checkpoint id of that step (jaxcl/cpt/run.py save)
-  for i in _ckpt_ids(tmp_path / "b"):
-    if i > last and later == "deleted":
+  for i, step in _ckpt_steps(tmp_path / "b").items():
+    if step > keep_through_step and later == "deleted":
       shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i))
-    elif i > last:  # their arrays are gone, the metadata is intact: fall back to the small shape
+    elif step > keep_through_step:  # arrays gone, metadata intact: fall back to the small shape
       shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i) / "state")
-  step_lib.TRACES.clear()
   if later == "deleted":
-    resumed = cpt_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "b"))
+    resumed = lm_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "b"))
   else:  # a fresh process, as after a crash (this one's TensorStore cache holds the old bytes)
     flags = [f"--config.{k}={v}" for k, v in overrides.items()]
     command = main_command("growth_stack", tmp_path / "b", *flags)

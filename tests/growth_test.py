@@ -19,7 +19,8 @@ import pytest
 from flax import nnx
 
 from jaxcl import growth
-from jaxcl.growth import base, depth, events, ligo, msg, optimizer, timing, width
+from jaxcl.growth import base, depth, ligo, msg, optimizer, timing, width
+from jaxcl.lm import growth_events
 from jaxcl.models import bert, gpt, text_loading
 
 WIDE = dict(width=64, num_heads=8, mlp_dim=128)  # x2 in every width axis of the tiny presets
@@ -287,10 +288,10 @@ def test_optimizer_moments_carry_into_the_old_corner_and_zero_elsewhere():
 
 
 def test_rewarm_restarts_the_learning_rate_after_each_event():
-  cfg = events.default_config()
+  cfg = growth_events.default_config()
   cfg.events = [dict(step=10, operator="g_stack", num_layers=4)]
   cfg.rewarm_steps = 4
-  lr = events.rewarm(cfg, lambda t: 1.0 + 0.0 * jnp.asarray(t, jnp.float32))
+  lr = growth_events.rewarm(cfg, lambda t: 1.0 + 0.0 * jnp.asarray(t, jnp.float32))
   assert [float(lr(t)) for t in (9, 10, 11, 13, 20)] == [1.0, 0.25, 0.5, 1.0, 1.0]
 
 

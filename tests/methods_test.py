@@ -10,9 +10,9 @@ from flax import nnx
 from helpers import config_names, load_config
 
 from jaxcl import methods
+from jaxcl.engine import optim
+from jaxcl.engine import state as state_lib
 from jaxcl.methods import base
-from jaxcl.train import optim
-from jaxcl.train import state as state_lib
 
 NUM_CLASSES = 6
 

@@ -13,9 +13,10 @@ from flax import nnx
 from helpers import load_config
 
 from jaxcl import checkpoint, methods
+from jaxcl.cil import run as cil_run
+from jaxcl.engine import step
 from jaxcl.methods import aper, base, ease, ranpac
 from jaxcl.models import petl, vit
-from jaxcl.train import loop, step
 
 WIDTH, DEPTH, HEADS, IMAGE = 16, 2, 2, 8
 
@@ -307,11 +308,11 @@ def test_subspace_weights_are_one_on_the_own_subspace_and_alpha_over_task_elsewh
 
 
 def run_three_tasks(name, tmp_path):
-  step.TRACES.clear()
   config = load_config(name, "smoke", **{"data.num_classes": 6})
-  results = loop.run(config, str(tmp_path))
+  traces = step.Traces()
+  results = cil_run.run(config, str(tmp_path), traces)
   assert results["num_tasks"] == 3
-  assert results["train_compiles"] == 1 and step.TRACES["train"] == 1
+  assert results["train_compiles"] == 1 and traces["train"] == 1
   ck = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
   states = [ck.read_state(s) for s in ck.steps()]  # one per task boundary
   ck.close()

@@ -11,10 +11,11 @@ from flax import nnx
 from helpers import load_config
 
 from jaxcl import methods
+from jaxcl.cil import run as cil_run
 from jaxcl.data.transforms import scale_images
+from jaxcl.engine import optim, step
+from jaxcl.engine import state as state_lib
 from jaxcl.methods import base, coda_prompt, dualprompt, prompts
-from jaxcl.train import loop, optim, step
-from jaxcl.train import state as state_lib
 
 # Keys and queries with cosines that are easy to write down.
 KEYS = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # [pool=3, D=2]
@@ -97,7 +98,10 @@ def _edit(method, graphdef, state, task):
 
   def edit(state, fn):
     edits.append(fn)
-    return step.make_edit_step(fn, graphdef, method.trainable, state_sharding=None)(state)
+    edit_step = step.make_edit_step(
+      fn, graphdef, method.trainable, state_sharding=None, traces=step.Traces()
+    )
+    return edit_step(state)
 
   env = base.TaskEnv(task, 2, np.arange(2), None, edit)
   return method.before_task(state, env), edits
@@ -161,13 +165,14 @@ def test_clip_over_all_parameters_scales_by_the_global_norm_with_frozen_ones():
   assert norm_all > float(optax.tree.norm(g))  # the frozen backbone has gradients too
   clip = norm_all / 4
   train = step.make_train_step(
-    method,
+    method.loss,
     graphdef,
     tx,
     scale="01",
     skip_nonfinite=False,
     state_sharding=None,
     batch_sharding=None,
+    traces=step.Traces(),
     clip_all=clip,
   )
   old = jax.tree.map(np.asarray, state.params)
@@ -193,11 +198,11 @@ def test_optimizer_does_not_clip_twice_when_the_step_clips():
 
 @pytest.mark.parametrize("name,top_k", [("l2p", 2), ("dualprompt", 1), ("coda_prompt", 0)])
 def test_two_tasks_compile_once_and_prompt_usage_counts_selections(name, top_k, tmp_path):
-  step.TRACES.clear()
   config = load_config(name, "smoke")
-  results = loop.run(config, str(tmp_path))
+  traces = step.Traces()
+  results = cil_run.run(config, str(tmp_path), traces)
   assert results["train_compiles"] == 1
-  assert step.TRACES["train"] == 1
+  assert traces["train"] == 1
   if not top_k:  # CODA weights every component: no selection to count
     assert "prompt_usage" not in results
     return

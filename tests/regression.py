@@ -41,9 +41,9 @@ from flax import nnx, traverse_util
 from helpers import config_names, load_config
 
 from jaxcl import growth, methods
-from jaxcl.cpt import models, objectives
 from jaxcl.data import text
 from jaxcl.growth import msg
+from jaxcl.lm import models, objectives
 from jaxcl.methods import base
 
 FIXTURE = os.path.join(
@@ -136,11 +136,11 @@ def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
   config gives the model after its first event, MSG's masks of new units at MSG_RAMP."""
   config = load_config(config_name, "smoke", **overrides)
   vocab = text.make_tokenizer(config.data.tokenizer).vocab_size
-  objective = objectives.make(config.train.objective, models.build)
+  objective = objectives.make(config.train.objective)
 
   def build():
     if not config.growth.events:
-      return objective.method.build(config, vocab, nnx.Rngs(config.seed))
+      return models.build(config, vocab, nnx.Rngs(config.seed))
     event = dict(config.growth.events[0])
     op = growth.get(event.pop("operator"))
     del event["step"]
@@ -155,7 +155,7 @@ def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
   seq_len = config.data.seq_len
 
   def loss(model, x):
-    return objective.method.loss(model, {}, x, None)
+    return objective.loss(model, {}, x, None)
 
   def example(rng):
     if config.train.objective == "lm":
@@ -166,7 +166,7 @@ def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
     tokens = np.where(chosen, text.MASK_ID, targets).astype(np.int32)
     return {"tokens": tokens, "targets": targets, "target_mask": chosen}
 
-  return Case(model, objective.method.trainable, loss, None, example, None, 0.1)
+  return Case(model, nnx.Param, loss, None, example, None, 0.1)
 
 
 def random_like(rng: np.random.Generator, a) -> np.ndarray:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxcl import sharding
-from jaxcl.cpt import replay
 from jaxcl.data import text
+from jaxcl.lm import replay
 
 
 class _Domain:

@@ -21,7 +21,8 @@ import pytest
 from helpers import ROOT, cpu_env, load_config, main_command
 
 from jaxcl import checkpoint
-from jaxcl.train import loop, step
+from jaxcl.cil import run as cil_run
+from jaxcl.engine import loop, step
 
 STEPS = 6  # per task; the smoke presets have 2 tasks
 
@@ -73,7 +74,6 @@ def _final(workdir) -> tuple[dict, dict]:
 
 def _assert_identical(a, b) -> None:
   (ra, sa), (rb, sb) = a, b
-  # (continual-pretraining checkpoint ids are 2 x the CIL ones: 18 is step 8, in domain 1)
   keys = ("acc_matrix", "task_il_matrix", "A_last", "A_avg", "forgetting", "prompt_usage")
   for key in (*keys, "loss_matrix", "curve", "tokens_seen"):
     assert ra.get(key) == rb.get(key), key
@@ -106,7 +106,9 @@ def straight_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-  ("name", "devices", "at_step"), [("l2p", 1, 4), ("coda_prompt", 8, 10), ("cpt", 1, 18)]
+  # at_step: a checkpoint id; ids count saves, so with every_steps=1 the cpt id 9 is step 8
+  ("name", "devices", "at_step"),
+  [("l2p", 1, 4), ("coda_prompt", 8, 10), ("cpt", 1, 9)],
 )
 def test_sigkill_then_rerun_is_bitwise_identical(tmp_path, straight_run, name, devices, at_step):
   killed = tmp_path / "killed"
@@ -147,7 +149,7 @@ def _interrupt_after(monkeypatch, calls: dict) -> None:
 
 def _run(workdir, name="finetune", **overrides):
   config = load_config(name, "smoke", **{"train.steps_per_task": 4, **overrides})
-  return loop.run(config, str(workdir))
+  return cil_run.run(config, str(workdir))
 
 
 def test_sigterm_mid_task_in_process_then_resume_gives_identical_results(tmp_path, monkeypatch):

@@ -4,6 +4,8 @@ per-process data shards."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -14,12 +16,12 @@ from flax import nnx
 from helpers import load_config
 
 from jaxcl import main, methods, sharding
-from jaxcl.cpt import models, objectives
 from jaxcl.data import pipeline
+from jaxcl.engine import optim
+from jaxcl.engine import state as state_lib
+from jaxcl.engine import step as step_lib
+from jaxcl.lm import models, objectives
 from jaxcl.models import bert, gpt, vit
-from jaxcl.train import optim
-from jaxcl.train import state as state_lib
-from jaxcl.train import step as step_lib
 
 P = sharding.P
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1)]  # (data, fsdp, tensor), against one device
@@ -84,13 +86,20 @@ def _l2p_setup(config):
   return method, tx, batch, config.data.num_classes
 
 
+class _LanguageModel(NamedTuple):
+  """The parts of a learner `_one_step` uses, for a GPT and the next-token objective."""
+
+  build: Callable = models.build
+  trainable: Any = nnx.Param
+  loss: Callable = objectives.make("lm").loss
+
+
 def _gpt_setup(config):
   """SGD, not Adam: Adam's first step is about lr * sign(g), which blows float noise in gradients
   that are zero in exact arithmetic (the key bias: softmax ignores it) up to a visible update."""
-  objective = objectives.make("lm", models.build)
   tx = optax.sgd(0.5)
   tokens = np.random.default_rng(0).integers(0, 64, (8, config.data.seq_len + 1))
-  return objective.method, tx, {"tokens": tokens.astype(np.int32)}, 2
+  return _LanguageModel(), tx, {"tokens": tokens.astype(np.int32)}, 2
 
 
 def _one_step(kind: str, mesh_shape):
@@ -107,13 +116,14 @@ def _one_step(kind: str, mesh_shape):
   state_sh = sharding.state_shardings(state, mesh, replicate_frozen=kind == "l2p")
   batch_sh = sharding.batch_sharding(mesh)
   train_step = step_lib.make_train_step(
-    method,
+    method.loss,
     graphdef,
     tx,
     scale="01" if kind == "l2p" else "none",
     skip_nonfinite=False,
     state_sharding=state_sh,
     batch_sharding=batch_sh,
+    traces=step_lib.Traces(),
   )
   state = jax.device_put(state, state_sh)
   new, metrics = train_step(state, pipeline.to_global(batch, batch_sh))
@@ -311,11 +321,11 @@ def test_processes_must_agree_is_a_no_op_on_one_process():
 def test_remote_workdir_code_path_with_a_local_directory(tmp_path, monkeypatch):
   """gs:// workdirs go through etils.epath: the same code run on a local path."""
   from jaxcl import writers  # noqa: PLC0415
-  from jaxcl.train import report  # noqa: PLC0415
+  from jaxcl.engine import report  # noqa: PLC0415
 
   monkeypatch.setattr(writers, "is_remote", lambda path: True)
   config = load_config("finetune", "smoke")
-  report.prepare_workdir(str(tmp_path / "run"), config, write=True)
+  report.check_and_write_config(str(tmp_path / "run"), config, write=True)
   assert (tmp_path / "run" / "config.json").exists()
   writers.write_acc_matrix(str(tmp_path / "run"), np.eye(2) * 50)
   assert (tmp_path / "run" / "acc_matrix.png").read_bytes()[:4] == b"\x89PNG"

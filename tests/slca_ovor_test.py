@@ -13,11 +13,12 @@ from flax import nnx
 from helpers import load_config
 
 from jaxcl import methods
+from jaxcl.cil import run as cil_run
+from jaxcl.engine import optim
+from jaxcl.engine import state as state_lib
+from jaxcl.engine import step as step_lib
 from jaxcl.methods import base, ovor, slca, vor
 from jaxcl.models import vit
-from jaxcl.train import loop, optim
-from jaxcl.train import state as state_lib
-from jaxcl.train import step as step_lib
 
 NUM_CLASSES = 4
 
@@ -46,7 +47,7 @@ def _env(graphdef, method, batches, task: int, classes) -> base.TaskEnv:
   """The loop's TaskEnv without jit: hooks run eagerly over hand-made batches."""
   ctx = _ctx(task, classes)
 
-  def scan_train(state, fn):
+  def feature_pass(state, fn):
     for batch in batches:
       model = nnx.merge(graphdef, state.params, state.frozen)
       state = state.replace(extra=fn(model, state.extra, batch, ctx))
@@ -59,7 +60,7 @@ def _env(graphdef, method, batches, task: int, classes) -> base.TaskEnv:
     _, params, frozen = nnx.split(model, method.trainable, ...)
     return state.replace(params=params, frozen=frozen, extra=extra)
 
-  return base.TaskEnv(task, 2, np.asarray(classes), scan_train, edit)
+  return base.TaskEnv(task, 2, np.asarray(classes), feature_pass, edit)
 
 
 def _batches(classes, n: int, seed: int, size: int = 4):
@@ -349,11 +350,11 @@ def test_schedule_must_span_the_outlier_epochs():
 )
 def test_multi_task_run_compiles_the_train_step_once(name, overrides, tmp_path):
   config = load_config(name, "smoke", **{"data.num_classes": 6, **overrides})  # 3 x 2 classes
-  step_lib.TRACES.clear()
-  results = loop.run(config, str(tmp_path))
+  traces = step_lib.Traces()
+  results = cil_run.run(config, str(tmp_path), traces)
   assert results["num_tasks"] == 3
   assert results["train_compiles"] == 1
-  assert step_lib.TRACES["edit"] <= 2 and step_lib.TRACES["feature"] <= 2
+  assert traces["edit"] <= 2 and traces["feature"] <= 2
   assert all(np.isfinite(row).all() for row in results["acc_matrix"][-1:])
 
 

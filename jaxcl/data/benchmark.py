@@ -49,7 +49,7 @@ def load_split(data, split: str):
   return sources.load_source(data.name, data_dir=data.dir, split=split)
 
 
-def build(data, *, joint: bool = False) -> Benchmark:
+def build(data, *, single_task: bool = False) -> Benchmark:
   train, test = load_split(data, "train"), load_split(data, "test")
   total = int(max(train.labels.max(), test.labels.max())) + 1
   order = splits.class_order(total, data.class_order, data.order_seed)
@@ -58,7 +58,7 @@ def build(data, *, joint: bool = False) -> Benchmark:
   lookup = np.full((total,), -1, np.int64)
   lookup[order] = np.arange(n)
   train, test = RemappedSource(train, lookup), RemappedSource(test, lookup)
-  init, inc = (n, n) if joint else (data.init_classes, data.increment)
+  init, inc = (n, n) if single_task else (data.init_classes, data.increment)
   tasks = splits.make_tasks(
     train.labels,
     test.labels,

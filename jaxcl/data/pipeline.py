@@ -33,10 +33,6 @@ class IndexedSource:
     return self.source[int(self.indices[i])]
 
 
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-  return num_examples // global_batch
-
-
 class TrainIterator:
   """Infinite-epoch iterator over one task's training examples, yielding global batches.
 

@@ -9,7 +9,9 @@ pytrees, documented as exactly function preserving or not):
   ligo.py       ligo: the learned linear growth operator (Wang et al. 2023)
   optimizer.py  moments across growth (carry / reset)
   timing.py     G_stack's growth-timing guideline and the speedup measure
-  events.py     growth events inside a continual-pretraining run (jaxcl/cpt/run.py)
+
+Nothing here knows about runs: growth events inside a language-model run are
+jaxcl/lm/growth_events.py.
 
     big = growth.grow_model(growth.get("g_zero_depth"), small, dict(num_layers=12))
 """

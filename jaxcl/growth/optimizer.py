@@ -6,7 +6,7 @@
   of every axis keep theirs (the leading corner, where all operators put the old units).
   Step counts (Adam's bias correction, the schedule) carry on.
 - `reset` (G_stack's recipe, `tongxuluo/prts`): a fresh optimizer state; only the schedule's
-  count carries on, since the learning-rate schedule is global (jaxcl/growth/events.py
+  count carries on, since the learning-rate schedule is global (jaxcl/lm/growth_events.py
   re-warms it when asked).
 """
 

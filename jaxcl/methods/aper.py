@@ -88,7 +88,7 @@ def make(config) -> base.Method:
     return base.l2_normalize(feats) @ base.l2_normalize(protos).T, {}  # [B, C] cosine
 
   def after_task(state, env: base.TaskEnv):
-    return env.scan_train(state, accumulate)
+    return env.feature_pass(state, accumulate)
 
   return base.Method(
     build=build,

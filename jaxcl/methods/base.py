@@ -2,7 +2,7 @@
 
 Shaped like optax's `GradientTransformation`: a factory `make(config) -> Method`
 closes over the hyperparameters and returns functions that never mutate anything.
-The generic train step (jaxcl/train/step.py) never names a method; per-task
+The generic train step (jaxcl/engine/step.py) never names a method; per-task
 changes reach a method only through traced arrays in `Ctx`, so a whole task
 sequence compiles the step once. Only task-boundary hooks run on the host.
 """
@@ -32,7 +32,7 @@ class Ctx(NamedTuple):
 class TaskEnv(NamedTuple):
   """What a task-boundary hook gets besides the state.
 
-  `scan_train(state, fn)` runs the jitted `fn(model, extra, batch, ctx) -> extra`
+  `feature_pass(state, fn)` runs the jitted `fn(model, extra, batch, ctx) -> extra`
   over one pass of the task's training data (with the *eval* transform, as
   prototype methods do) and returns the state with the new `extra`.
   `edit(state, fn)` runs the jitted `fn(model, extra, ctx) -> extra` once; `fn` may
@@ -43,7 +43,7 @@ class TaskEnv(NamedTuple):
   index: int
   num_tasks: int
   classes: Any  # np.ndarray of the task's (remapped) class ids
-  scan_train: Callable
+  feature_pass: Callable
   edit: Callable
 
 
@@ -60,7 +60,7 @@ class Method(NamedTuple):
   init_extra: Callable[[nnx.Module, int], Any] = lambda model, num_classes: {}
   before_task: Callable = keep  # (state, env) -> state, host side
   after_task: Callable = keep  # (state, env) -> state, host side
-  joint: bool = False  # train on all classes as one task (upper bound)
+  single_task: bool = False  # train on all classes as one task (the joint upper bound)
   train_tasks: str = "all"  # "all" | "first": gradient steps only in task 0 (APER, RanPAC)
 
 

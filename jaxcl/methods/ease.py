@@ -146,7 +146,7 @@ def make(config) -> base.Method:
 
   def after_task(state, env: base.TaskEnv):
     state = env.edit(state, store)
-    return env.edit(env.scan_train(state, accumulate), prototypes)
+    return env.edit(env.feature_pass(state, accumulate), prototypes)
 
   return base.Method(
     build=build,

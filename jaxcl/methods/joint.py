@@ -7,4 +7,4 @@ from jaxcl.methods import finetune
 
 
 def make(config):
-  return finetune.make(config)._replace(joint=True)
+  return finetune.make(config)._replace(single_task=True)

@@ -145,7 +145,7 @@ def make(config) -> base.Method:
     return jnp.dot(project(model, images), extra["W"], precision=HIGHEST), {}  # [B, C]
 
   def after_task(state, env: base.TaskEnv):
-    return env.edit(env.scan_train(state, scan_fn), solve_step)
+    return env.edit(env.feature_pass(state, scan_fn), solve_step)
 
   return base.Method(
     build=build,

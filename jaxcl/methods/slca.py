@@ -205,8 +205,8 @@ def make(config) -> base.Method:
     return env.edit(state, restore) if env.index > 0 and cfg.restore_head else state
 
   def after_task(state, env: base.TaskEnv):
-    state = env.scan_train(state, sum_pass)
-    state = env.scan_train(state, scatter_pass)
+    state = env.feature_pass(state, sum_pass)
+    state = env.feature_pass(state, scatter_pass)
     return env.edit(state, align)
 
   return base.Method(

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcl.engine import optim as optim_lib
 from jaxcl.methods import base
-from jaxcl.train import optim as optim_lib
 
 
 def kth_distance(queries, points, valid, k: int):
@@ -178,7 +178,7 @@ def regularized(method: base.Method, config, features: Callable) -> base.Method:
     return {**extra, "vor": {**buf, "count": jnp.zeros((), jnp.int32)}}
 
   def after_task(state, env: base.TaskEnv):
-    state = env.scan_train(method.after_task(state, env), collect)
+    state = env.feature_pass(method.after_task(state, env), collect)
     count = int(jax.device_get(state.extra["vor"]["count"]))
     if count > size:
       raise ValueError(

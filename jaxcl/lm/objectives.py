@@ -1,8 +1,9 @@
-"""Pretraining objectives as methods of the engine: next-token prediction and masked LM.
+"""Pretraining objectives: next-token prediction and masked LM.
 
-Each objective is a `base.Method` whose `loss(model, extra, batch, ctx)` the generic train step
-(jaxcl/train/step.py) differentiates, plus `loss_sums(model, batch)` for evaluation: summed
-token losses and token counts, so padded evaluation rows and uneven batches stay exact.
+Each objective is a `loss(model, extra, batch, ctx)` that the engine's train step
+(jaxcl/engine/step.py) differentiates with respect to every `nnx.Param`, plus
+`loss_sums(model, batch)` for evaluation: summed token losses and token counts, so padded
+evaluation rows and uneven batches stay exact.
 
 - `lm`: causal language modelling (Radford et al. 2019): batch `tokens` int32 [B, T+1]; the
   model reads tokens[:, :-1] and predicts tokens[:, 1:].
@@ -18,13 +19,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
-
-from jaxcl.methods.base import Method
 
 
 class Objective(NamedTuple):
-  method: Method  # build / trainable / loss for the train step
+  loss: Callable  # (model, extra, batch, ctx) -> (loss [], aux dict), for the train step
   loss_sums: Callable  # (model, batch) -> {"loss_sum": [], "tokens": []}
 
 
@@ -54,8 +52,8 @@ def mlm_token_losses(model, batch: dict) -> tuple[jax.Array, jax.Array]:
   return losses, weights
 
 
-def make(name: str, build: Callable) -> Objective:
-  """The objective `name` (lm | mlm) around `build(config, vocab_size, rngs) -> model`."""
+def make(name: str) -> Objective:
+  """The objective `name`: lm | mlm."""
   token_losses = {"lm": lm_token_losses, "mlm": mlm_token_losses}.get(name)
   if token_losses is None:
     raise ValueError(f"train.objective={name!r}: use lm | mlm")
@@ -69,5 +67,4 @@ def make(name: str, build: Callable) -> Objective:
     losses, weights = token_losses(model, batch)
     return {"loss_sum": (losses * weights).sum(), "tokens": weights.sum()}
 
-  method = Method(build=build, trainable=nnx.Param, predict=None, loss=loss)
-  return Objective(method, loss_sums)
+  return Objective(loss, loss_sums)

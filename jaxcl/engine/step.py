@@ -1,9 +1,10 @@
 """The only jit site: train, eval, task-transition and feature-pass steps.
 
 Each step is a pure function of the learner state, jitted once with the state
-donated and explicit shardings. `TRACES` counts how often each was traced; for
-fixed shapes a trace is a compilation, and a run reports the growth of `TRACES["train"]`
-during it as `train_compiles` (1 for a whole task sequence, +1 per growth event).
+donated and explicit shardings. Every factory takes the run's `traces` counter and counts
+there how often its step was traced; for fixed shapes a trace is a compilation, and a run
+reports `traces["train"]` as `train_compiles` (1 for a whole task sequence, +1 per growth
+event).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import optax
 from flax import nnx
 
 from jaxcl.data.transforms import scale_images
-from jaxcl.methods.base import Ctx, Method, mask_logits
-from jaxcl.train.state import LearnerState
+from jaxcl.engine.state import LearnerState
+from jaxcl.methods.base import Ctx, mask_logits
 
-TRACES: collections.Counter = collections.Counter()
+Traces = collections.Counter  # step name -> number of traces, one counter per run
 
 
 def _ctx(state: LearnerState, rng: jax.Array) -> Ctx:
@@ -35,7 +36,7 @@ def _scaled(batch: dict, scale: str) -> dict:
 
 
 def make_train_step(
-  method: Method,
+  loss_fn: Callable,
   graphdef,
   tx: optax.GradientTransformation,
   *,
@@ -43,9 +44,14 @@ def make_train_step(
   skip_nonfinite: bool,
   state_sharding,
   batch_sharding,
+  traces: Traces,
   clip_all: float = 0.0,
 ) -> Callable:
   """`train_step(state, batch) -> (state, metrics)`; metrics stay on device.
+
+  `loss_fn(model, extra, batch, ctx) -> (loss [], aux dict)` is a method's loss or a pretraining
+  objective's; the gradient is taken with respect to `state.params` (the trainable filter
+  split them off when the state was built).
 
   `clip_all > 0` clips the trainable gradients by the global norm of the gradients of *all*
   parameters, frozen ones included, as google-research/l2p does (its frozen backbone gets
@@ -54,22 +60,22 @@ def make_train_step(
   """
 
   def train_step(state: LearnerState, batch: dict):
-    TRACES["train"] += 1
+    traces["train"] += 1
     ctx = _ctx(state, jax.random.fold_in(state.rng, state.step))
     batch = _scaled(batch, scale)
 
-    def loss_fn(params, frozen):
+    def params_loss(params, frozen):
       model = nnx.merge(graphdef, params, frozen)
-      return method.loss(model, state.extra, batch, ctx)
+      return loss_fn(model, state.extra, batch, ctx)
 
     if clip_all > 0:
-      grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+      grad_fn = jax.value_and_grad(params_loss, argnums=(0, 1), has_aux=True)
       (loss, aux), (grads, frozen_grads) = grad_fn(state.params, state.frozen)
       norm = optax.tree.norm((grads, frozen_grads))
       factor = jnp.minimum(1.0, clip_all / (norm + 1e-6))  # l2 train_continual.py
       grads = jax.tree.map(lambda g: g * factor, grads)
     else:
-      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+      grad_fn = jax.value_and_grad(params_loss, has_aux=True)
       (loss, aux), grads = grad_fn(state.params, state.frozen)
     extra = aux.pop("extra", state.extra)
     updates, opt = tx.update(grads, state.opt, state.params)
@@ -92,14 +98,22 @@ def make_train_step(
 
 
 def make_eval_step(
-  method: Method, graphdef, *, scale: str, mask_unseen: bool, state_sharding, batch_sharding
+  predict: Callable,
+  graphdef,
+  *,
+  scale: str,
+  mask_unseen: bool,
+  state_sharding,
+  batch_sharding,
+  traces: Traces,
 ) -> Callable:
-  """`eval_step(state, batch, task_mask [C]) -> sums` (sums, so padded rows stay exact)."""
+  """`eval_step(state, batch, task_mask [C]) -> sums` (sums, so padded rows stay exact), with
+  `predict(model, extra, images, ctx) -> (logits [B, C], aux)` a method's."""
 
   def eval_step(state: LearnerState, batch: dict, task_mask: jax.Array):
-    TRACES["eval"] += 1
+    traces["eval"] += 1
     model = nnx.merge(graphdef, state.params, state.frozen)
-    logits, aux = method.predict(
+    logits, aux = predict(
       model, state.extra, _scaled(batch, scale)["image"], _ctx(state, state.rng)
     )
     valid = batch["mask"]
@@ -116,12 +130,12 @@ def make_eval_step(
 
 
 def make_feature_step(
-  fn: Callable, graphdef, *, scale: str, state_sharding, batch_sharding
+  fn: Callable, graphdef, *, scale: str, state_sharding, batch_sharding, traces: Traces
 ) -> Callable:
   """`feature_step(state, batch) -> state` with `extra = fn(model, extra, batch, ctx)`."""
 
   def feature_step(state: LearnerState, batch: dict):
-    TRACES["feature"] += 1
+    traces["feature"] += 1
     model = nnx.merge(graphdef, state.params, state.frozen)
     extra = fn(model, state.extra, _scaled(batch, scale), _ctx(state, state.rng))
     return state.replace(extra=extra)
@@ -134,12 +148,14 @@ def make_feature_step(
   )
 
 
-def make_edit_step(fn: Callable, graphdef, trainable, *, state_sharding) -> Callable:
+def make_edit_step(
+  fn: Callable, graphdef, trainable, *, state_sharding, traces: Traces
+) -> Callable:
   """`edit_step(state) -> state`: `extra = fn(model, extra, ctx)`, where `fn` may also assign
   to the model's variables; the edited model is split back into params and frozen."""
 
   def edit_step(state: LearnerState):
-    TRACES["edit"] += 1
+    traces["edit"] += 1
     model = nnx.merge(graphdef, state.params, state.frozen)
     extra = fn(model, state.extra, _ctx(state, jax.random.fold_in(state.rng, state.task)))
     _, params, frozen = nnx.split(model, trainable, ...)
@@ -149,12 +165,12 @@ def make_edit_step(fn: Callable, graphdef, trainable, *, state_sharding) -> Call
 
 
 def make_begin_task(
-  tx: optax.GradientTransformation, *, reset_opt: bool, state_sharding
+  tx: optax.GradientTransformation, *, reset_opt: bool, state_sharding, traces: Traces
 ) -> Callable:
   """`begin_task(state, task, seen, current) -> state`: new masks, optionally a fresh optimizer."""
 
   def begin_task(state: LearnerState, task, seen, current):
-    TRACES["begin_task"] += 1
+    traces["begin_task"] += 1
     opt = tx.init(state.params) if reset_opt else state.opt
     return state.replace(task=task, seen=seen, current=current, opt=opt)
 
@@ -166,11 +182,13 @@ def make_state_fn(fn: Callable, *, state_sharding) -> Callable:
   return jax.jit(fn, donate_argnums=0, out_shardings=state_sharding)
 
 
-def make_loss_step(fn: Callable, graphdef, *, state_sharding, batch_sharding) -> Callable:
+def make_loss_step(
+  fn: Callable, graphdef, *, state_sharding, batch_sharding, traces: Traces
+) -> Callable:
   """`loss_step(state, batch) -> fn(model, batch)`: evaluation sums (e.g. token loss, count)."""
 
   def loss_step(state: LearnerState, batch: dict):
-    TRACES["loss_eval"] += 1
+    traces["loss_eval"] += 1
     return fn(nnx.merge(graphdef, state.params, state.frozen), batch)
 
   repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())

@@ -9,10 +9,9 @@ import os
 import subprocess
 
 import jax
-import numpy as np
 from etils import epath
 
-from jaxcl import config_lib, metrics, writers
+from jaxcl import config_lib, writers
 
 _PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint", "grain", "jaxcl")
 
@@ -21,7 +20,7 @@ class ConfigMismatch(ValueError):
   pass
 
 
-def prepare_workdir(workdir: str, config, *, write: bool) -> None:
+def check_and_write_config(workdir: str, config, *, write: bool) -> None:
   """Creates the workdir and writes config.json; refuses to resume under a different config.
 
   A workdir that holds checkpoints is resumed only with the same config, apart from
@@ -49,14 +48,6 @@ def prepare_workdir(workdir: str, config, *, write: bool) -> None:
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
       ckpt_dir.rename(root / f"checkpoints.old-{stamp}")
     writers.write_json(str(path), new)
-
-
-def metrics_matrix(rows: list[list[float]], num_tasks: int) -> np.ndarray:
-  """Lower-triangular rows -> [T, T] with NaN above the diagonal (and for tasks not reached)."""
-  out = np.full((num_tasks, num_tasks), np.nan)
-  for i, row in enumerate(rows):
-    out[i, : len(row)] = row
-  return out
 
 
 def version() -> str:
@@ -94,30 +85,3 @@ def environment() -> dict:
       "processes": jax.process_count(),
     },
   }
-
-
-def cil_results(config, bench, progress: dict) -> dict:
-  """The class-incremental results.json of DESIGN.md §3."""
-  num_tasks = len(bench.tasks)
-  acc = metrics_matrix(progress["acc"], num_tasks)
-  til = metrics_matrix(progress["task_il"], num_tasks)
-  summary = metrics.cil_summary(acc, np.asarray(progress["counts"], float), til)
-  out = {
-    "method": config.method.name,
-    "dataset": config.data.name,
-    "num_tasks": num_tasks,
-    "class_order": [int(c) for c in bench.class_order],
-    "acc_matrix": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in acc],
-    "task_il_matrix": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in til],
-    "test_counts": progress["counts"],
-    **{
-      k: summary[k] for k in ("A_last", "A_avg", "A_last_taskmean", "forgetting", "task_il_A_last")
-    },
-    "A_curve": summary["A_curve"],
-    "forgetting_coda": summary["forgetting_coda"],
-    "train_seconds": round(progress["train_seconds"], 2),
-    "skipped_steps": progress["skipped_steps"],
-  }
-  if any(u is not None for u in progress["prompt_usage"]):
-    out["prompt_usage"] = progress["prompt_usage"]
-  return out

@@ -38,7 +38,7 @@ def train_flops_per_token(config, vocab_size: int) -> float:
 
 
 def flops_per_token(cfg: gpt.Config | bert.Config, seq_len: int) -> float:
-  """`train_flops_per_token` of a model shape (a grown model's, jaxcl/growth/events.py)."""
+  """`train_flops_per_token` of a model shape (a grown one: jaxcl/lm/growth_events.py)."""
   if isinstance(cfg, gpt.Config):
     return gpt.train_flops_per_token(cfg, seq_len)
   matmul = cfg.num_layers * (4 * cfg.width**2 + 2 * cfg.width * cfg.mlp_dim)

@@ -309,8 +309,3 @@ def anneal_windows(config, domain_steps: Sequence[int]) -> list[tuple[int, int] 
   if s.name not in ("infinite_cosine", "infinite_invsqrt", "wsd"):
     return [None] * len(steps)
   return windows(steps, _window_lengths(s, steps), s.anneal_every_domain)
-
-
-def in_anneal(spans: Sequence[tuple[int, int] | None], step: int) -> bool:
-  """Whether global `step` lies in one of `anneal_windows(...)`."""
-  return any(w is not None and w[0] <= step < w[1] for w in spans)

@@ -1,4 +1,4 @@
-"""Growth events inside a continual-pretraining run (jaxcl/cpt/run.py calls into this).
+"""Growth events inside a language-model run (jaxcl/lm/run.py plugs them into the stage loop).
 
 `config.growth.events` is a list of dicts, applied in order once the run has taken `step`
 train steps:
@@ -8,11 +8,13 @@ train steps:
     dict(step=200, operator="ligo", num_layers=4, width=128, ligo_steps=20)
 
 Target keys: num_layers, width, num_heads, num_kv_heads, mlp_dim (unchanged when absent).
-At an event the `Grower` builds the large model, maps the parameters with the operator
+At an event the `GrowthPlan` builds the large model, maps the parameters with the operator
 (jaxcl/growth/*), grows the optimizer state (`growth.opt_state`: carry | reset), and measures
-the largest logit change on a fixed validation batch; the run then jits its steps again for
-the new shape, the only recompilation. The schedule is global; `growth.rewarm_steps` > 0
-multiplies it by a linear re-warmup after every event (G_stack's recipe restarts its warmup).
+the largest logit change on a fixed validation batch; the stage loop then jits the steps again
+for the new shape, the only recompilation. How many events a state has seen is its run's
+`progress.growth_events`; the plan itself never changes. The schedule is global;
+`growth.rewarm_steps` > 0 multiplies it by a linear re-warmup after every event (G_stack's
+recipe restarts its warmup).
 MSG's masks ramp 0 -> 1 over the event's `ramp_steps` (default `growth.ramp_steps`).
 """
 
@@ -25,11 +27,8 @@ from absl import logging
 from flax import nnx
 
 from jaxcl import growth
-from jaxcl.cpt import models
-from jaxcl.data import text
+from jaxcl.engine import state as state_lib
 from jaxcl.growth import base, ligo, msg, optimizer
-from jaxcl.train import state as state_lib
-from jaxcl.train import step as step_lib
 
 SHAPE_KEYS = ("num_layers", "width", "num_heads", "num_kv_heads", "mlp_dim")
 EVENT_KEYS = ("step", "operator", "ramp_steps", "ligo_steps", *SHAPE_KEYS)
@@ -95,11 +94,15 @@ def logits_of(model, batch: dict, objective: str):
   return model(batch["tokens"])[1]
 
 
-class Grower:
-  """The growth events of one run: shapes per stage, and applying the next event."""
+class GrowthPlan:
+  """The growth events of one run: the model shape after each, and applying one.
 
-  def __init__(self, config, model_cfg: base.ModelConfig, method, tx, num_domains: int):
-    self.config, self.method, self.tx = config, method, tx
+  `cfgs[k]` is the model config after k events; `loss_fn(model, extra, batch, ctx)` is the
+  run's objective (it trains LiGO's operator).
+  """
+
+  def __init__(self, config, model_cfg: base.ModelConfig, loss_fn, tx, num_domains: int):
+    self.config, self.loss_fn, self.tx = config, loss_fn, tx
     self.num_domains = num_domains
     self.events = parse_events(config.growth)
     if self.events and config.train.anneal_branch:
@@ -110,33 +113,22 @@ class Grower:
       shape = {k: e[k] for k in SHAPE_KEYS if k in e}
       self.ops.append(op)
       self.cfgs.append(growth.target(op, self.cfgs[-1], shape))
-    self.done = 0
-    self._ramp_fn = None
 
-  def due(self, step: int) -> bool:
-    return self.done < len(self.events) and int(self.events[self.done]["step"]) == step
+  def due(self, done: int, step: int) -> bool:
+    """Whether the next event (after `done` applied) comes before the step after `step`."""
+    return done < len(self.events) and int(self.events[done]["step"]) == step
 
-  def flops_per_token(self) -> float:
-    return models.flops_per_token(self.cfgs[self.done], self.config.data.seq_len)
-
-  def resume_count(self, meta: dict | None) -> int:
-    """Events applied in a checkpoint, from its metadata; sets `done`."""
-    self.done = len(meta["progress"].get("growth_events", [])) if meta else 0
-    return self.done
-
-  def init_state(self):
-    """(graphdef, state) of a fresh model of the current stage's shape (a restore target)."""
-    model = growth.build_model(self.cfgs[self.done], self.config.seed)
+  def init_state(self, done: int):
+    """(graphdef, state) of a fresh model of the shape after `done` events (a restore target)."""
+    model = growth.build_model(self.cfgs[done], self.config.seed)
     return state_lib.init_state(model, nnx.Param, self.tx, {}, self.num_domains, self.config.seed)
 
-  def grow(self, graphdef, state, step: int, batches, valid_sources):
-    """Applies the next event to `state`; returns (graphdef, state, record).
+  def grow(self, i: int, graphdef, state, step: int, batches, valid_batch: dict):
+    """Applies event `i` to `state`; returns (graphdef, state, record).
 
-    `batches` feeds a trained operator (LiGO); the logit change is measured on the first
-    validation batch of the first domain.
+    `batches` feeds a trained operator (LiGO); the logit change is measured on `valid_batch`
+    (replicated).
     """
-    valid_batch = self._valid_batch(valid_sources[0], state)
-    i = self.done
     event, op = self.events[i], self.ops[i]
     src_cfg, dst_cfg = self.cfgs[i], self.cfgs[i + 1]
     big = growth.build_model(dst_cfg, self.config.seed + 1 + i)
@@ -181,23 +173,7 @@ class Grower:
       "extra_tokens": int(extra_tokens),
     }
     logging.info("growth at step %d: %s", step, record)
-    self.done += 1
-    self._ramp_fn = None
     return dst_graphdef, new_state, record
-
-  def _valid_batch(self, source, state) -> dict:
-    sh = jax.tree.leaves(state.params)[0].sharding
-    if isinstance(sh, jax.sharding.NamedSharding):
-      sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())  # replicated
-    data = self.config.data
-    batches = text.valid_batches(
-      source,
-      num_sequences=data.valid_sequences,
-      global_batch=data.eval_batch_size,
-      sharding=sh,
-      num_threads=data.num_threads,
-    )
-    return next(iter(batches))
 
   def _logits(self, graphdef, params, frozen, batch):
     objective = self.config.train.objective
@@ -207,35 +183,34 @@ class Grower:
 
   def _loss_fn(self, graphdef, params_template, frozen):
     """loss(pure params, batch) of the large model, for training LiGO's operator."""
-    method = self.method
+    loss_fn = self.loss_fn
 
     def loss(pure, batch):
       p = jax.tree.map(lambda x: x, params_template)
       nnx.replace_by_pure_dict(p, pure)
-      value, _ = method.loss(nnx.merge(graphdef, p, frozen), {}, batch, None)
+      value, _ = loss_fn(nnx.merge(graphdef, p, frozen), {}, batch, None)
       return value
 
     return loss
 
-  def ramp(self, state, step: int, state_sharding):
-    """MSG: the masks' value for the train step after `step` steps (no-op outside a ramp)."""
-    if not self.done or not self.ops[self.done - 1].masked:
-      return state
-    event = self.events[self.done - 1]
+  def ramp(self, done: int, step: int) -> jax.Array | None:
+    """MSG: the masks' value for the train step after `step` steps, None outside a ramp."""
+    if not done or not self.ops[done - 1].masked:
+      return None
+    event = self.events[done - 1]
     start = int(event["step"])
     length = int(event.get("ramp_steps", self.config.growth.ramp_steps))
     if not start <= step <= start + length:
-      return state
-    if self._ramp_fn is None:
+      return None
+    return msg.ramp(step, start, length)
 
-      def set_masks(state, c):
-        frozen = jax.tree_util.tree_map_with_path(
-          lambda path, m: msg.set_ramp(m, c) if _in_masks(path) else m, state.frozen
-        )
-        return state.replace(frozen=frozen)
 
-      self._ramp_fn = step_lib.make_state_fn(set_masks, state_sharding=state_sharding)
-    return self._ramp_fn(state, msg.ramp(step, start, length))
+def set_masks(state, value):
+  """`state` with every MSG mask below 1 at `value` (pure; the run jits it per model shape)."""
+  frozen = jax.tree_util.tree_map_with_path(
+    lambda path, m: msg.set_ramp(m, value) if _in_masks(path) else m, state.frozen
+  )
+  return state.replace(frozen=frozen)
 
 
 def _in_masks(path) -> bool:

@@ -1,0 +1,320 @@
+"""The language-model run: continual pretraining over domains, with growth, on the stage loop.
+
+`run(config, workdir)` is what `python -m jaxcl.main --config=configs/cpt.py` (and the
+configs/growth_*.py) call. The domains of `data.domains` are the stages of
+jaxcl/engine/loop.py, trained in order (Gupta et al. 2023; Ibrahim et al. 2024): one global
+learning-rate schedule over the whole sequence (re-warmed per domain or infinite, see
+jaxcl/lm/schedules.py), optionally a replay fraction of every batch from earlier domains
+(jaxcl/lm/replay.py), the validation loss of *every* domain evaluated every `eval.every_steps`
+and densely over the first `eval.dense_steps` of each domain (the stability gap of Guo et al.
+2024), and the loss matrix after each domain. The train step compiles once for the whole
+sequence (the domain index is a traced array) and once more per growth event
+(jaxcl/lm/growth_events.py), which plugs in as a per-step hook, as do MSG's mask ramp and the
+save of the state before an anneal branch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from jaxcl import metrics, sharding, writers
+from jaxcl.data import text
+from jaxcl.engine import loop, optim, throughput
+from jaxcl.engine import state as state_lib
+from jaxcl.engine import step as step_lib
+from jaxcl.engine.progress import Progress
+from jaxcl.lm import growth_events, models, objectives, replay, schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class LmProgress(Progress):
+  """`Progress` (rows: the validation loss of every domain after each) and what a language-model
+  run counts besides."""
+
+  tokens: int = 0
+  flops: float = 0.0  # summed per step: a growth event changes the FLOPs per token
+  curve: tuple = ()  # {step, tokens, flops, domain, val_loss} per evaluation
+  growth_events: tuple = ()  # one record per event applied
+  pre_anneal: int | None = None  # checkpoint id of the state before this domain's anneal
+
+
+class ShapeSteps(NamedTuple):
+  """The recipe's jitted steps and numbers of one model shape (`loop.Compiled.other`)."""
+
+  loss_step: object  # (state, batch) -> {"loss_sum", "tokens"}
+  begin_domain: object  # (state, domain) -> state
+  skip_to: object  # (state, step) -> state with the step counters at `step`
+  set_masks: object  # (state, value) -> state with MSG's masks at `value`
+  abstract: object  # the state's ShapeDtypeStructs with their shardings
+  flops_per_token: float
+  num_params: int
+
+
+def eval_due(step_in_domain: int, num_steps: int, ev) -> bool:
+  """Whether to evaluate all domains after `step_in_domain` (1-based) steps of a domain."""
+  if step_in_domain == num_steps:
+    return True
+  if ev.dense_steps and step_in_domain <= ev.dense_steps:
+    return step_in_domain % max(ev.dense_every, 1) == 0
+  return bool(ev.every_steps) and step_in_domain % ev.every_steps == 0
+
+
+def _is_count(x) -> bool:
+  return isinstance(x, optax.ScaleByScheduleState)
+
+
+def _keep_schedule_count(fresh, old):
+  """A fresh optimizer state whose schedule counters carry on from `old` (a global schedule)."""
+  olds = [x for x in jax.tree.leaves(old, is_leaf=_is_count) if _is_count(x)]
+  it = iter(olds)
+  return jax.tree.map(lambda x: next(it) if _is_count(x) else x, fresh, is_leaf=_is_count)
+
+
+def _skip(state, end):
+  """The step counters (the learner's and the schedule's) moved to `end`."""
+  opt = jax.tree.map(
+    lambda x: x._replace(count=jnp.asarray(end, x.count.dtype)) if _is_count(x) else x,
+    state.opt,
+    is_leaf=_is_count,
+  )
+  return state.replace(step=end, opt=opt)
+
+
+def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
+  """Trains the domain sequence; returns the results.json dict (DESIGN.md §3)."""
+  r = loop.start_run(config, workdir, traces)
+  batch_sh, data = r.batch_sharding, config.data
+  tokenizer = text.make_tokenizer(data.tokenizer)
+  domains = text.load_domains(data, tokenizer)
+  names = [d.name for d in domains]
+  sharding.assert_same_on_all_processes("the domains", names)
+  train_sources, valid_sources = [d.train for d in domains], [d.valid for d in domains]
+  if config.train.objective == "mlm":
+    prob = data.mlm_probability or 0.15  # BERT's 15%
+    wrap = lambda src, i: text.MaskedSource(src, tokenizer, seed=config.seed * 1000 + i, prob=prob)
+    train_sources = [wrap(s, i) for i, s in enumerate(train_sources)]
+    valid_sources = [wrap(s, 500 + i) for i, s in enumerate(valid_sources)]  # other masks
+  steps = [int(config.train.steps_per_domain)] * len(names)
+  schedule = growth_events.rewarm(config.growth, schedules.make(config, steps))
+  tx = optim.make_optimizer(config.optim, schedule)
+  objective = objectives.make(config.train.objective)
+  model = models.build(config, tokenizer.vocab_size, nnx.Rngs(config.seed))
+  plan = growth_events.GrowthPlan(config, model.config, objective.loss, tx, len(names))
+  # `seen` / `current` mark domains here (trained so far / being trained).
+  graphdef, state = state_lib.init_state(model, nnx.Param, tx, {}, len(names), config.seed)
+  del model
+  rows = replay.from_config(config, train_sources, 0, sharding=batch_sh).plan.rows
+  sharding.check_batch(rows, r.mesh, "data.batch_size plus replay rows")
+  tokens_per_step = rows * data.seq_len
+  peak = throughput.peak_flops(config.train.peak_tflops, jax.device_count())
+  # Infinite / WSD schedules with `train.anneal_branch`: the anneal of a domain is a branch
+  # (evaluated, then dropped); the next domain resumes the state from before it (Ibrahim et
+  # al. 2024 §7; Singh et al. 2025).
+  branch = schedules.anneal_windows(config, steps) if config.train.anneal_branch else None
+
+  def begin(state, domain):
+    opt = state.opt
+    if config.optim.reset_per_task:
+      opt = _keep_schedule_count(tx.init(state.params), state.opt)
+    ids = jnp.arange(state.seen.shape[0])
+    return state.replace(task=domain, seen=ids <= domain, current=ids == domain, opt=opt)
+
+  def compile_shape(graphdef, state) -> loop.Compiled:
+    """Shardings and jitted steps of one model shape (FSDP / tensor parallel)."""
+    state_sh = sharding.state_shardings(state, r.mesh, replicate_frozen=False)
+    on = dict(state_sharding=state_sh, traces=r.traces)
+    train_step = step_lib.make_train_step(
+      objective.loss,
+      graphdef,
+      tx,
+      scale="none",
+      skip_nonfinite=config.train.nan_policy == "skip",
+      batch_sharding=batch_sh,
+      **on,
+    )
+    other = ShapeSteps(
+      step_lib.make_loss_step(objective.loss_sums, graphdef, batch_sharding=batch_sh, **on),
+      step_lib.make_state_fn(begin, state_sharding=state_sh),
+      step_lib.make_state_fn(_skip, state_sharding=state_sh),
+      step_lib.make_state_fn(growth_events.set_masks, state_sharding=state_sh),
+      sharding.abstract(state, state_sh),
+      flops_per_token(graphdef, state),
+      state_lib.count_params(state.params),
+    )
+    return loop.Compiled(state_sh, train_step, other)
+
+  def flops_per_token(graphdef, state) -> float:
+    model_cfg = nnx.merge(graphdef, state.params, state.frozen).config
+    return models.flops_per_token(model_cfg, data.seq_len)
+
+  def valid_batches(source, batch_sharding):
+    """The fixed validation windows of a domain, as global batches."""
+    return text.valid_batches(
+      source,
+      num_sequences=data.valid_sequences,
+      global_batch=data.eval_batch_size,
+      sharding=batch_sharding,
+      num_threads=data.num_threads,
+    )
+
+  def validate(compiled, state) -> list[float]:
+    """Mean token loss on the fixed validation windows of every domain."""
+    out = []
+    for source in valid_sources:
+      batches = valid_batches(source, batch_sh)
+      sums = jax.device_get([compiled.other.loss_step(state, b) for b in batches])
+      total = sum(float(x["loss_sum"]) for x in sums)
+      out.append(total / max(sum(float(x["tokens"]) for x in sums), 1.0))
+    return out
+
+  def batches(d, compiled, data_state):
+    del compiled
+    it = replay.from_config(config, train_sources, d, sharding=batch_sh)
+    if data_state is not None:
+      it.set_state(data_state)
+    return it
+
+  def grow(view: loop.StepView):
+    """A growth event: the grown model's (graphdef, state), its extra tokens (LiGO) counted."""
+    done = len(view.progress.growth_events)
+    if not plan.due(done, view.global_step):
+      return None
+    sh = jax.tree.leaves(view.state.params)[0].sharding
+    if isinstance(sh, jax.sharding.NamedSharding):
+      sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())  # replicated
+    valid_batch = next(iter(valid_batches(valid_sources[0], sh)))  # for the logit change
+    graphdef, state, event = plan.grow(
+      done, view.graphdef, view.state, view.global_step, view.batches, valid_batch
+    )
+    extra = event["extra_tokens"]
+    p = view.progress
+    p = dataclasses.replace(
+      p,
+      growth_events=(*p.growth_events, event),
+      tokens=p.tokens + extra,  # read by a trained operator (LiGO)
+      flops=p.flops + extra * models.flops_per_token(plan.cfgs[done + 1], data.seq_len),
+    )
+    return loop.StepChange(state, p, graphdef)
+
+  def ramp(view: loop.StepView):
+    """MSG: the new units' masks follow their ramp from 0 to 1."""
+    value = plan.ramp(len(view.progress.growth_events), view.global_step)
+    if value is None:
+      return None
+    return loop.StepChange(view.compiled.other.set_masks(view.state, value), view.progress)
+
+  def save_pre_anneal(view: loop.StepView):
+    """Keeps the state before the anneal: later domains continue from it at the constant rate."""
+    window = branch[view.progress.stage] if branch else None
+    if not window or view.global_step != window[0] or view.progress.pre_anneal is not None:
+      return None
+    ckpt_id = view.save(view.state, view.batches.get_state(), keep_forever=True)
+    return loop.StepChange(view.state, dataclasses.replace(view.progress, pre_anneal=ckpt_id))
+
+  def after_step(compiled, p):
+    flops = p.flops + tokens_per_step * compiled.other.flops_per_token
+    return dataclasses.replace(p, tokens=p.tokens + tokens_per_step, flops=flops)
+
+  def log_metrics(compiled, progress, global_step, loss, seconds, num_steps):
+    tok_s = num_steps * tokens_per_step / max(seconds, 1e-9)
+    return {
+      "domain": progress.stage,
+      "loss": loss,
+      "lr": float(schedule(global_step - 1)),
+      "tokens_per_sec": tok_s,
+      "mfu": compiled.other.flops_per_token * tok_s / peak,
+    }
+
+  def evaluate(compiled, state, progress, global_step, writer):
+    val = dict(zip(names, validate(compiled, state), strict=True))
+    point = {
+      "step": global_step,
+      "tokens": progress.tokens,
+      "flops": progress.flops,
+      "domain": progress.stage,
+      "val_loss": val,
+    }
+    writer.write(global_step, {f"val_loss/{n}": v for n, v in val.items()})
+    return dataclasses.replace(progress, curve=(*progress.curve, point))
+
+  def end_stage(graphdef, compiled, state, p):
+    del graphdef
+    d = p.stage
+    if steps[d]:  # the last step of a domain always evaluates
+      final = p.curve[-1]["val_loss"]
+    else:
+      final = dict(zip(names, validate(compiled, state), strict=True))
+    p = dataclasses.replace(p, rows=(*p.rows, [final[n] for n in names]))
+    if p.pre_anneal is not None and d + 1 < len(names):
+      r.ckpt.wait()
+      state = r.ckpt.restore(compiled.other.abstract, step=p.pre_anneal).state
+      state = compiled.other.skip_to(state, jnp.int32(branch[d][1]))
+      logging.info("domain %d: continuing from the pre-anneal state at step %d", d, branch[d][1])
+    p = dataclasses.replace(p, pre_anneal=None)
+    logging.info("domain %d/%d (%s): validation loss %s", d + 1, len(names), names[d], final)
+    if r.main_process:
+      loss_csv = os.path.join(r.workdir, "loss_matrix.csv")
+      writers.write_matrix_csv(loss_csv, np.asarray(p.rows), "after_domain", "loss_")
+      writers.write_loss_curves(r.workdir, list(p.curve), names)
+    return state, p
+
+  hooks = loop.Hooks(
+    compile=compile_shape,
+    batches=batches,
+    begin_stage=lambda compiled, state, d: compiled.other.begin_domain(state, jnp.int32(d)),
+    end_stage=end_stage,
+    log_metrics=log_metrics,
+    before_step=(grow, ramp, save_pre_anneal),
+    after_step=after_step,
+    eval_due=lambda d, s: eval_due(s, steps[d], config.eval),
+    evaluate=evaluate,
+  )
+  targets = {}  # (graphdef, state) of the model shape of each checkpoint tried, by events done
+
+  def restore_target(meta):
+    """The abstract state of a checkpoint: the model shape its growth events made."""
+    done = len(meta["progress"]["growth_events"]) if meta else 0
+    if done and done not in targets:
+      targets[done] = plan.init_state(done)
+    shape = targets[done] if done else (graphdef, state)
+    shardings = sharding.state_shardings(shape[1], r.mesh, replicate_frozen=False)
+    return sharding.abstract(shape[1], shardings)
+
+  progress, data_state = LmProgress(), None
+  restored = loop.resume(r, restore_target, LmProgress)
+  if restored is not None:
+    state, data_state, progress = restored
+    if progress.growth_events:  # the checkpoint holds a grown shape
+      graphdef = targets[len(progress.growth_events)][0]
+  meta = {"domains": names}
+  graphdef, state, progress = loop.train_stages(
+    r, hooks, steps, graphdef, state, progress, data_state, meta
+  )
+  loss = np.asarray(progress.rows)
+  tokens_per_sec = progress.tokens / max(progress.train_seconds, 1e-9)
+  model_flops = flops_per_token(graphdef, state)
+  results = {
+    "domains": names,
+    "objective": config.train.objective,
+    "loss_matrix": loss.round(6).tolist(),
+    **metrics.loss_summary(loss),
+    "tokens_seen": progress.tokens,
+    "flops_seen": progress.flops,
+    "curve": list(progress.curve),
+    "growth_events": list(progress.growth_events),
+    "num_params": state_lib.count_params(state.params),
+    "train_seconds": round(progress.train_seconds, 2),
+    "tokens_per_sec": round(tokens_per_sec, 1),
+    "skipped_steps": progress.skipped_steps,
+    "mfu": model_flops * round(tokens_per_sec, 1) / peak,
+  }
+  return loop.finish(r, results)
