@@ -113,7 +113,7 @@ def mesh_config(*, data: int, fsdp: int) -> ConfigDict:
 def cpt_base_config() -> ConfigDict:
   """Defaults for continual-pretraining runs (`kind="cpt"`, jaxcl/cpt/run.py).
 
-  Sections: data (jaxcl/data/text.py), model (jaxcl/cpt/models.py), optim (as for CIL; the
+  Sections: data (jaxcl/data/text/), model (jaxcl/cpt/models.py), optim (as for CIL; the
   learning rate comes from `schedule`), schedule (jaxcl/cpt/schedules.py), replay
   (jaxcl/cpt/replay.py), growth (jaxcl/growth/events.py), train, eval, checkpoint, mesh.
   """
