@@ -165,12 +165,12 @@ class Block(nnx.Module):
       rngs=rngs,
     )
 
-  def __call__(self, x, mask, rope):  # [B, T, D] -> [B, T, D]
-    x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope)
-    return x + self.mlp(self.mlp_norm(x))
-
-  def masked(self, x, mask, rope, masks: dict, layer_mask):
-    """The block under MSG masks (`GPT.masks`): x + c (block(x) - x), c = `layer_mask`."""
+  def __call__(self, x, mask, rope, masks: dict | None = None, layer_mask=None):
+    """x [B, T, D] -> [B, T, D]; under MSG masks (`GPT.masks`) x + c (block(x) - x), where
+    c = `layer_mask` and block(x) has its hidden, head and FFN units masked."""
+    if masks is None:
+      x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope)
+      return x + self.mlp(self.mlp_norm(x))
     m = masks["hidden"].astype(x.dtype)  # [D]
     h = _masked_norm(self.attn_norm, x, m)
     heads = dict(head_mask=masks["heads"], kv_head_mask=masks["kv_heads"])
@@ -228,29 +228,6 @@ class Masks(nnx.Module):
     return {k: getattr(self, k)[...] for k in names}
 
 
-def _apply_masked_layers(blocks, x, mask, rope, masks: dict, remat: str):
-  """`layers.apply_layers` for `Block.masked`, with the per-layer mask scanned alongside."""
-  scan = not isinstance(blocks, nnx.List)
-
-  def layer_fn(graphdef):
-    def call(x, state, c):
-      return nnx.merge(graphdef, state).masked(x, mask, rope, masks, c)
-
-    if remat == "none":
-      return call
-    return jax.checkpoint(call, policy=layers.REMAT_POLICIES[remat], prevent_cse=not scan)
-
-  if scan:
-    graphdef, state = nnx.split(blocks)
-    call = layer_fn(graphdef)
-    x, _ = jax.lax.scan(lambda x, sc: (call(x, *sc), None), x, (state, masks["layers"]))
-    return x
-  for i, block in enumerate(blocks):
-    graphdef, state = nnx.split(block)
-    x = layer_fn(graphdef)(x, state, masks["layers"][i])
-  return x
-
-
 class GPT(nnx.Module):
   """Causal LM: `model(tokens [B, T]) -> logits [B, T, V]` (float32)."""
 
@@ -306,7 +283,15 @@ class GPT(nnx.Module):
     if cfg.growth_masks:
       masks = self.masks.values()
       x = x * masks["hidden"].astype(x.dtype)  # new hidden coordinates start at 0
-      x = _apply_masked_layers(self.blocks, x, layers.causal_mask(t), rope, masks, cfg.remat)
+      x = layers.apply_layers(
+        self.blocks,
+        x,
+        layers.causal_mask(t),
+        rope,
+        masks,
+        per_layer=masks["layers"],
+        remat=cfg.remat,
+      )
       x = _masked_norm(self.final_norm, x, masks["hidden"])  # [B, T, D]
     else:
       x = layers.apply_layers(self.blocks, x, layers.causal_mask(t), rope, remat=cfg.remat)

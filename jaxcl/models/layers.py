@@ -343,19 +343,21 @@ def make_layers(make_layer, num_layers: int, *, scan: bool, rngs: nnx.Rngs) -> n
   return make_stack(rngs)
 
 
-def apply_layers(layers: nnx.Module, x, *args, remat: str = "none"):
+def apply_layers(layers: nnx.Module, x, *args, per_layer=None, remat: str = "none"):
   """x -> layer_L(... layer_1(x, *args) ..., *args), for either layout of `make_layers`.
 
   A stacked module runs under `jax.lax.scan`, so compile time does not grow with depth. `args`
-  (masks, RoPE tables) are the same for every layer. `remat` is a key of REMAT_POLICIES.
+  (masks, RoPE tables) are the same for every layer; `per_layer` [L, ...], if given, passes
+  row l to layer l after them (MSG's layer masks). `remat` is a key of REMAT_POLICIES.
   """
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}: use one of {sorted(REMAT_POLICIES)}")
   scan = not isinstance(layers, nnx.List)
+  rows = () if per_layer is None else (per_layer,)
 
   def layer_fn(graphdef):
-    def call(x, state):
-      return nnx.merge(graphdef, state)(x, *args)
+    def call(x, state, *row):
+      return nnx.merge(graphdef, state)(x, *args, *row)
 
     if remat == "none":
       return call
@@ -364,9 +366,9 @@ def apply_layers(layers: nnx.Module, x, *args, remat: str = "none"):
   if scan:
     graphdef, state = nnx.split(layers)
     call = layer_fn(graphdef)
-    x, _ = jax.lax.scan(lambda x, s: (call(x, s), None), x, state)
+    x, _ = jax.lax.scan(lambda x, xs: (call(x, *xs), None), x, (state, *rows))
     return x
-  for layer in layers:
+  for i, layer in enumerate(layers):
     graphdef, state = nnx.split(layer)
-    x = layer_fn(graphdef)(x, state)
+    x = layer_fn(graphdef)(x, state, *(r[i] for r in rows))
   return x
