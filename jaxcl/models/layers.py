@@ -1,4 +1,5 @@
-"""Transformer layers shared by the ViT (and the GPT/BERT models).
+"""Transformer layers shared by the ViT, the GPT and the BERT, with one attention: `Attention`
+(projections, prefixes, head masks, RoPE) around `dot_product_attention` (q, k, v, mask).
 
 Parameter shapes follow the google vision_transformer checkpoints (Dosovitskiy et al., 2021):
 attention kernels keep the head axis (`query.kernel` [D, H, Dh], `out.kernel` [H, Dh, D]), so a
