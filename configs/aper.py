@@ -22,6 +22,8 @@ glyphs) by well over 20 points, as SimpleCIL already does.
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 PILOT_IN1K = "ViT-B_16-augreg-in21k-ft-in1k.npz"  # augreg/B_16-i21k-300ep-...--imagenet2012-...
 
 
@@ -34,19 +36,19 @@ def paper(c):
 def cifar100(c):
   """PILOT exps/aper_aperpter.json: 20 epochs, lr 0.01, batch 48, wd 5e-4 (A_last ~85.8)."""
   paper(c)
-  config_lib.pilot_sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=20)
+  common.pilot_sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=20)
 
 
 def imagenet_r(c):
   """PILOT exps/aper_aperpter_inr.json: 10 epochs, lr 0.05, batch 16, wd 5e-3 (A_last ~72.8)."""
   paper(c)
-  config_lib.pilot_sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=10)
+  common.pilot_sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=10)
 
 
 def default(c):
   """The embedded glyph stream: PILOT's CIFAR recipe with a 4-layer ViT-sized bottleneck and a
   CPU-sized first session."""
-  config_lib.pilot_sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=3)
+  common.pilot_sgd(c, lr=0.01, batch=48, weight_decay=5e-4, epochs=3)
   c.method.adapter_dim = 16
 
 
@@ -63,7 +65,7 @@ def get_config(arg=None):
   c.method.adapter_scale = 0.1  # `ffn_adapter_scalar`
   c.method.adapter_dropout = 0.1
   c.method.vpt_length = 5  # `prompt_token_num`
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r
   )
   return config_lib.choose_preset(c, arg, presets)

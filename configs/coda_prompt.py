@@ -19,6 +19,9 @@ CODA-Prompt has no prompt selection, so results carry no `prompt_usage`.
 """
 
 from jaxcl import config_lib
+from jaxcl.methods import vor as vor_lib
+
+common = config_lib.sibling_module(__file__, "_common")
 
 
 def official(c):
@@ -68,13 +71,13 @@ def vor(c):
   """CODA-P + virtual outlier regularisation (Huang et al., ICLR 2024 report CODA-P + VOR;
   jpmorganchase/ovor `--learner_name CODAPrompt --epochs 0 <regular> <outlier>`): the default
   glyph preset plus 3 head-only outlier epochs per task, CODA's cosine stretched over all 4."""
-  config_lib.compose(config_lib.glyphs, default, config_lib.outlier_epochs(3))(c)
+  common.compose(common.glyphs, default, common.outlier_epochs(3))(c)
 
 
 def fmnist_vor(c):
   """`vor` on Split Fashion-MNIST 5 x 2. Measured here (A_last; finetune 20.0, plain `fmnist`
   33.5): 1 outlier epoch 39.2, 3: 49.7."""
-  config_lib.compose(config_lib.fmnist, default, config_lib.outlier_epochs(3))(c)
+  common.compose(common.fmnist, default, common.outlier_epochs(3))(c)
 
 
 def smoke(c):
@@ -92,9 +95,10 @@ def get_config(arg=None):
   c.method.init_range = (0.0, 1.0)  # torch nn.init.uniform_
   c.method.head_init = "torch"  # zeros | lecun | torch
   c.method.train_mask = "current"
-  config_lib.vor(c)  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
+  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
+  c.method.update(vor_lib.method_fields())
   c.eval.mask_unseen = True
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default,
     smoke=smoke,
     cifar100=cifar100,

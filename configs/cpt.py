@@ -24,6 +24,8 @@ Presets:
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def default(c):
   c.data.domains = "prose,code"
@@ -38,7 +40,7 @@ def default(c):
 
 
 def smoke(c):
-  config_lib.text_smoke(c)
+  common.text_smoke(c)
   c.schedule.name = "rewarm_cosine"
   c.replay.fraction = 0.25  # 2 of 8 rows from the earlier domain
   c.train.steps_per_domain = 6

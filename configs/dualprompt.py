@@ -29,6 +29,9 @@ Test-time batch-wise selection (`method.batchwise_eval`) is off: it leaks task i
 """
 
 from jaxcl import config_lib
+from jaxcl.methods import vor as vor_lib
+
+common = config_lib.sibling_module(__file__, "_common")
 
 
 def official(c):
@@ -83,7 +86,7 @@ def vor(c):
   """DualPrompt + virtual outlier regularisation (Huang et al., ICLR 2024, who report it on
   DualPrompt and CODA-P too; jpmorganchase/ovor runs it after any learner): the default glyph
   preset plus 3 head-only outlier epochs per task at the task's learning rate."""
-  config_lib.compose(config_lib.glyphs, default, config_lib.outlier_epochs(3))(c)
+  common.compose(common.glyphs, default, common.outlier_epochs(3))(c)
 
 
 def fmnist_vor(c):
@@ -93,7 +96,7 @@ def fmnist_vor(c):
   The outliers' energy term is what 2-class tasks lack: it makes a task's two logits large
   only on that task's features, which calibrates the tasks' logits against each other.
   """
-  config_lib.compose(config_lib.fmnist, fmnist, config_lib.outlier_epochs(3))(c)
+  common.compose(common.fmnist, fmnist, common.outlier_epochs(3))(c)
 
 
 def smoke(c):
@@ -117,10 +120,11 @@ def get_config(arg=None):
   c.method.shared_pool = True  # E-prompt t starts from E-prompt t-1
   c.method.init_range = (0.0, 0.01)
   c.method.train_mask = "current"
-  config_lib.vor(c)  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
+  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
+  c.method.update(vor_lib.method_fields())
   c.method.zero_head = True
   c.eval.mask_unseen = False
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default,
     fmnist=fmnist,
     smoke=smoke,

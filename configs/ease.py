@@ -20,6 +20,8 @@ with a 4-layer-sized bottleneck; it should beat finetune's A_last (~19 on glyphs
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 PAPER_IN21K = "ViT-B_16-augreg-in21k.npz"  # augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-...npz
 
 
@@ -33,18 +35,18 @@ def cifar100(c):
   """ease_cifar_in21k.json: CIFAR-100 B0Inc5, lr 0.025, batch 48, wd 5e-4: A_last 85.80."""
   paper(c)
   c.data.init_classes = c.data.increment = 5
-  config_lib.pilot_sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=20)
+  common.pilot_sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=20)
 
 
 def imagenet_r(c):
   """ease_inr_in21k.json: ImageNet-R B0Inc20, lr 0.05, batch 16, wd 5e-3: A_last 76.17."""
   paper(c)
-  config_lib.pilot_sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=20)
+  common.pilot_sgd(c, lr=0.05, batch=16, weight_decay=5e-3, epochs=20)
 
 
 def default(c):
   """The embedded glyph stream: the CIFAR recipe, 1 epoch per task, bottleneck 16."""
-  config_lib.pilot_sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=1)
+  common.pilot_sgd(c, lr=0.025, batch=48, weight_decay=5e-4, epochs=1)
   c.method.adapter_dim = 16
 
 
@@ -60,7 +62,7 @@ def get_config(arg=None):
   c.method.adapter_scale = 0.1  # `ffn_adapter_scalar`
   c.method.adapter_dropout = 0.1
   c.method.alpha = 0.1  # weight of the other subspaces, divided by the task index
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r
   )
   return config_lib.choose_preset(c, arg, presets)

@@ -12,6 +12,8 @@ its own (PILOT's plots show ~A_last far below SimpleCIL); expect heavy forgettin
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def default(c):
   c.optim.update(name="adam", lr=1e-4, clip_norm=1.0)
@@ -20,7 +22,7 @@ def default(c):
 
 def scratch_fmnist(c):
   """Engine sanity check: a small ViT trained from scratch on Split Fashion-MNIST."""
-  config_lib.scratch_fmnist(c)
+  common.scratch_fmnist(c)
   c.train.epochs = 1.0
 
 
@@ -31,10 +33,10 @@ def get_config(arg=None):
   c.method.head_only = False
   c.method.train_mask = "current"  # current | seen | none
   c.method.zero_head = True
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default,
-    cifar100=config_lib.sgd_finetune,
-    imagenet_r=config_lib.sgd_finetune,
+    cifar100=common.sgd_finetune,
+    imagenet_r=common.sgd_finetune,
     scratch_fmnist=scratch_fmnist,
   )
   return config_lib.choose_preset(c, arg, presets)

@@ -13,9 +13,11 @@ Presets:
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def default(c):
-  config_lib.growth_text(c, smoke=False)
+  common.growth_text(c, smoke=False)
   c.model.shape.update(num_layers=2, width=64, num_heads=2, mlp_dim=256)
   c.growth.events = [
     dict(step=100, operator="ligo", num_layers=4, width=128, num_heads=4, mlp_dim=512)
@@ -24,7 +26,7 @@ def default(c):
 
 
 def smoke(c):
-  config_lib.growth_text(c, smoke=True)
+  common.growth_text(c, smoke=True)
   c.model.shape.update(num_layers=1, width=16, num_heads=2, mlp_dim=32)
   c.growth.events = [dict(step=3, operator="ligo", num_layers=2, width=32, num_heads=4, mlp_dim=64)]
 

@@ -18,9 +18,11 @@ fixed validation batch (G_stack is not function preserving: O(0.1-1)).
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def default(c):
-  config_lib.growth_text(c, smoke=False)
+  common.growth_text(c, smoke=False)
   c.model.shape.num_layers = 2
   c.growth.events = [dict(step=100, operator="g_stack", num_layers=8)]
   c.growth.opt_state = "reset"
@@ -28,7 +30,7 @@ def default(c):
 
 
 def smoke(c):
-  config_lib.growth_text(c, smoke=True)
+  common.growth_text(c, smoke=True)
   c.model.shape.num_layers = 1
   c.growth.events = [dict(step=3, operator="g_stack", num_layers=2)]
   c.growth.opt_state = "reset"

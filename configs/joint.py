@@ -9,6 +9,8 @@ FT", ViT-B/16): 93.8 on CIFAR-100, 86.6 on ImageNet-R.
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def default(c):
   """Three epochs over all 100 classes, Adam 1e-4 with warmup and cosine decay."""
@@ -18,7 +20,7 @@ def default(c):
 
 def scratch_fmnist(c):
   """Engine sanity check: a small ViT from scratch on all of Fashion-MNIST (>= 85% expected)."""
-  config_lib.scratch_fmnist(c)
+  common.scratch_fmnist(c)
   c.optim.schedule = "cosine"
   c.train.epochs = 3.0
 
@@ -30,10 +32,10 @@ def get_config(arg=None):
   c.method.head_only = False
   c.method.train_mask = "none"
   c.method.zero_head = True
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default,
-    cifar100=config_lib.sgd_finetune,
-    imagenet_r=config_lib.sgd_finetune,
+    cifar100=common.sgd_finetune,
+    imagenet_r=common.sgd_finetune,
     scratch_fmnist=scratch_fmnist,
   )
   return config_lib.choose_preset(c, arg, presets)

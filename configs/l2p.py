@@ -26,6 +26,9 @@ numbers exactly.
 """
 
 from jaxcl import config_lib
+from jaxcl.methods import vor as vor_lib
+
+common = config_lib.sibling_module(__file__, "_common")
 
 
 def official(c):
@@ -90,10 +93,11 @@ def get_config(arg=None):
   c.method.head_input = "prompt_mean"  # | cls
   c.method.init_range = (0.0, 0.01)  # flax uniform(); the ports use (-1, 1)
   c.method.train_mask = "current"  # current | seen | none
-  config_lib.vor(c)  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
+  # virtual outlier regularisation (OVOR), off: method.ood_epochs=0
+  c.method.update(vor_lib.method_fields())
   c.method.zero_head = True
   c.eval.mask_unseen = False  # l2p evaluates all logits (unseen heads stay exactly 0)
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default, fmnist=fmnist, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r
   )
   return config_lib.choose_preset(c, arg, presets)

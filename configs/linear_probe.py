@@ -10,6 +10,8 @@ reaches 87.9 (CIFAR-100) / 72.0 (ImageNet-R) when trained jointly; sequentially 
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def paper(c):
   c.optim.update(name="adam", lr=1e-3, clip_norm=0.0)
@@ -29,5 +31,5 @@ def get_config(arg=None):
   c.method.head_only = True
   c.method.train_mask = "current"
   c.method.zero_head = True
-  presets = config_lib.cil_presets(default=default, cifar100=paper, imagenet_r=paper)
+  presets = common.cil_presets(default=default, cifar100=paper, imagenet_r=paper)
   return config_lib.choose_preset(c, arg, presets)

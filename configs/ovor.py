@@ -27,6 +27,9 @@ on Split ImageNet-R (10 tasks).
 """
 
 from jaxcl import config_lib
+from jaxcl.methods import vor as vor_lib
+
+common = config_lib.sibling_module(__file__, "_common")
 
 
 def official(c, regular: float, outlier: int):
@@ -59,13 +62,13 @@ def imagenet_r(c):
 
 
 def oneprompt_cifar100(c):
-  config_lib.cifar100(c)
+  common.cifar100(c)
   paper(c, 20, 0)
   c.data.eval_resize = "resize"
 
 
 def oneprompt_imagenet_r(c):
-  config_lib.imagenet_r(c)
+  common.imagenet_r(c)
   paper(c, 50, 0)
 
 
@@ -77,7 +80,7 @@ def default(c):
 
 def oneprompt(c):
   """OnePrompt on the embedded glyph stream, 5 epochs."""
-  config_lib.glyphs(c)
+  common.glyphs(c)
   official(c, 5, 0)
   c.method.e_layers = (2, 3)
 
@@ -112,10 +115,10 @@ def get_config(arg=None):
   c.method.e_length = 40
   c.method.init_range = (0.0, 1.0)  # torch nn.init.uniform_
   c.method.head_init = "torch"  # zeros | lecun | torch
-  config_lib.vor(c, epochs=4)
+  c.method.update(vor_lib.method_fields(epochs=4))
   c.optim.horizon_scale = 1.25  # (train.epochs + ood_epochs) / train.epochs
   c.eval.mask_unseen = True
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default,
     fmnist=fmnist,
     smoke=smoke,

@@ -12,6 +12,8 @@ The shipped file's command, seed, wall time and accuracy are in jaxcl/assets/REA
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def default(c):
   c.data.name = "glyphs"
@@ -21,7 +23,7 @@ def default(c):
   c.data.batch_size = 128
   c.data.max_train_per_class = 240  # of the 300 rendered per class (2-core CPU budget)
   c.data.max_test_per_class = 20
-  c.model.variant = config_lib.EMBEDDED_VARIANT
+  c.model.variant = common.EMBEDDED_VARIANT
   c.model.init = ""
   c.method.zero_head = False
   c.optim.update(
@@ -34,7 +36,7 @@ def default(c):
 
 
 def smoke(c):
-  config_lib.smoke(c)
+  common.smoke(c)
   c.data.glyph_set = "pretrain"
   c.export_backbone = ""
 

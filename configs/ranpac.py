@@ -20,6 +20,8 @@ beat finetune's A_last (~19 on glyphs) by well over 20 points.
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 PAPER_IN21K = "ViT-B_16-augreg-in21k.npz"  # augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-...npz
 PAPER_IN1K = "ViT-B_16-augreg-in21k-ft-in1k.npz"  # ...--imagenet2012-steps_20k-lr_0.01-res_224
 
@@ -76,7 +78,7 @@ def get_config(arg=None):
   c.method.rp_dim = 10000  # M; 0 = no random projection
   c.method.ridge_powers = tuple(range(-8, 9))  # lambda grid 10^p
   c.method.holdout = 0.2  # share of each task's data that picks lambda
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r
   )
   return config_lib.choose_preset(c, arg, presets)

@@ -12,6 +12,8 @@ use the test transform, as the reference does.
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def paper(c):
   c.data.class_order = "seeded"
@@ -24,5 +26,5 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.name = "simplecil"
   c.method.name = "simplecil"
-  presets = config_lib.cil_presets(cifar100=paper, imagenet_r=paper)
+  presets = common.cil_presets(cifar100=paper, imagenet_r=paper)
   return config_lib.choose_preset(c, arg, presets)

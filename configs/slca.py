@@ -21,6 +21,8 @@ jitter). PILOT's `slca` differs (3 alignment epochs, batch 64).
 
 from jaxcl import config_lib
 
+common = config_lib.sibling_module(__file__, "_common")
+
 
 def slow_learner(c):
   c.optim.update(
@@ -97,7 +99,7 @@ def get_config(arg=None):
   c.method.cov_ridge = 1e-4
   c.method.restore_head = True  # `fc.backup()` / `fc.recall()`: alignment only for predictions
   c.eval.mask_unseen = True
-  presets = config_lib.cil_presets(
+  presets = common.cil_presets(
     default=default, smoke=smoke, cifar100=cifar100, imagenet_r=imagenet_r
   )
   return config_lib.choose_preset(c, arg, presets)

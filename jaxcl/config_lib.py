@@ -1,7 +1,8 @@
-"""Base config, presets and validation shared by every `configs/*.py`.
+"""The config schema, loading and locking, and the fingerprint a resumed run must match.
 
-Every config file starts from `base_config()` and overrides a few fields, so the
-defaults live here and nowhere else (library code never calls `config.get(k, default)`).
+Every config file starts from `base_config()` (or `cpt_base_config()`) and overrides a few
+fields, so the defaults live here and nowhere else (library code never calls
+`config.get(k, default)`); the presets the config files share are in configs/_common.py.
 Configs are locked by `jaxcl.main`, so an unknown key or a mistyped value in
 `--config.<key>=<value>` is an error that names the key.
 """
@@ -12,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import types
 from collections.abc import Callable
 
 import ml_collections
@@ -111,7 +113,7 @@ def mesh_config(*, data: int, fsdp: int) -> ConfigDict:
 def cpt_base_config() -> ConfigDict:
   """Defaults for continual-pretraining runs (`kind="cpt"`, jaxcl/lm/run.py).
 
-  Sections: data (jaxcl/data/text.py), model (jaxcl/lm/models.py), optim (as for CIL; the
+  Sections: data (jaxcl/data/text/), model (jaxcl/lm/models.py), optim (as for CIL; the
   learning rate comes from `schedule`), schedule (jaxcl/lm/schedules.py), replay
   (jaxcl/lm/replay.py), growth (jaxcl/lm/growth_events.py), train, eval, checkpoint, mesh.
   """
@@ -185,33 +187,24 @@ def choose_preset(
   return config
 
 
-def smoke(config: ConfigDict) -> None:
-  """Shrinks any CIL config to seconds: tiny model, 2 tasks, a handful of steps."""
-  config.data.name = "glyphs"
-  config.data.image_size = 16
-  config.data.num_classes = 4
-  config.data.init_classes = 2
-  config.data.increment = 2
-  config.data.max_train_per_class = 16
-  config.data.max_test_per_class = 8
-  config.data.batch_size = 8
-  config.data.eval_batch_size = 16
-  config.data.train_aug = "none"
-  config.data.eval_resize = "resize"
-  config.model.variant = "mu/4"
-  config.model.init = ""
-  config.train.epochs = 1.0
-  config.train.steps_per_task = 2
-  config.train.log_every_steps = 1
-
-
-def load(path: str, preset: str | None = None, **overrides) -> ConfigDict:
-  """`configs/<name>.py:<preset>` as `jaxcl.main` sees it (locked), then dotted `overrides`."""
+def module_from_file(path: str) -> types.ModuleType:
+  """The Python file at `path`, imported as a module of its own (not kept in sys.modules)."""
   name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"jaxcl_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(preset)
+  return module
+
+
+def sibling_module(config_file: str, name: str) -> types.ModuleType:
+  """`<name>.py` beside `config_file`, by path: how a config imports configs/_common.py
+  whatever the working directory (configs/ is loaded by path, not installed)."""
+  return module_from_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"))
+
+
+def load(path: str, preset: str | None = None, **overrides) -> ConfigDict:
+  """`configs/<name>.py:<preset>` as `jaxcl.main` sees it (locked), then dotted `overrides`."""
+  config = module_from_file(path).get_config(preset)
   config.lock()
   for key, value in overrides.items():
     node = config
@@ -257,201 +250,3 @@ def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     elif va != vb:
       out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
   return out
-
-
-# ---------------------------------------------------------------------------
-# Class-incremental presets shared by every CIL config (methods add their own on top).
-# ---------------------------------------------------------------------------
-
-EMBEDDED_VARIANT = "mu/4"  # the architecture of the ViT shipped in jaxcl/assets
-
-
-def glyphs(c: ConfigDict) -> None:
-  """Split Glyphs-100 (10 x 10) on the embedded pretrained ViT: the offline default.
-
-  300 train and 50 test images per class (a seeded selection of the 500 / 100 rendered), so
-  that every method's default run takes minutes on a 2-core CPU; `--config.data.
-  max_train_per_class=0 --config.data.max_test_per_class=0` uses them all.
-  """
-  c.data.name = "glyphs"
-  c.data.glyph_set = "continual"
-  c.data.image_size = 32
-  c.data.max_train_per_class = 300
-  c.data.max_test_per_class = 50
-  c.data.init_classes = c.data.increment = 10
-  c.data.train_aug = "none"  # a flipped glyph is another character; rendering already varies
-  c.model.variant = EMBEDDED_VARIANT
-  c.model.init = "embedded"
-
-
-def fmnist(c: ConfigDict) -> None:
-  """Split Fashion-MNIST (5 x 2), real images, on the embedded pretrained ViT.
-
-  2,000 of the 6,000 training images per class (seeded selection; the CPU budget) and all
-  1,000 test images; `--config.data.max_train_per_class=0` trains on all of them.
-  """
-  glyphs(c)
-  c.data.name = "fashion_mnist"
-  c.data.max_train_per_class = 2000
-  c.data.max_test_per_class = 0
-  c.data.init_classes = c.data.increment = 2
-  c.data.train_aug = "flip"
-
-
-def cifar100(c: ConfigDict) -> None:
-  """Split CIFAR-100 (10 x 10) at 224 on ViT-B/16; needs prepared tfds data + the .npz weights."""
-  c.data.name = "cifar100"
-  c.data.image_size = 224
-  c.data.init_classes = c.data.increment = 10
-  c.data.scale = "01"  # every reference prompt implementation feeds [0, 1]
-  c.data.train_aug = "rrc_flip"
-  c.data.rrc_scale_min = 0.05
-  c.data.eval_resize = "resize_crop"
-  c.data.eval_batch_size = 256
-  c.model.variant = "B/16"
-  c.model.init = "ViT-B_16.npz"  # gs://vit_models/imagenet21k/ViT-B_16.npz, copied locally
-  c.train.log_every_steps = 50
-
-
-def imagenet_r(c: ConfigDict) -> None:
-  """Split ImageNet-R (10 x 20): tfds imagenet_r, train = test[:80%], test = test[80%:]."""
-  cifar100(c)
-  c.data.name = "imagenet_r"
-  c.data.init_classes = c.data.increment = 20
-
-
-def scratch_fmnist(c: ConfigDict) -> None:
-  """Engine sanity check: Split Fashion-MNIST with a small ViT (mu/4) trained from scratch."""
-  fmnist(c)
-  c.model.variant = "mu/4"
-  c.model.init = ""
-  c.method.zero_head = False
-  c.optim.update(name="adam", lr=1e-3)
-
-
-def pilot_sgd(c: ConfigDict, *, lr: float, batch: int, weight_decay: float, epochs: float):
-  """LAMDA-PILOT's training recipe: SGD momentum 0.9, cosine to 0, no clipping."""
-  c.optim.update(
-    name="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="cosine", clip_norm=0.0
-  )
-  c.data.batch_size = batch
-  c.train.epochs = float(epochs)
-
-
-def sgd_finetune(c: ConfigDict) -> None:
-  """RevisitingCIL's `aper_finetune` recipe: SGD momentum 0.9, lr 0.01, wd 5e-4, cosine,
-  batch 128, 5 epochs per task (used by the full fine-tuning paper presets)."""
-  pilot_sgd(c, lr=0.01, batch=128, weight_decay=5e-4, epochs=5)
-
-
-def vor(c: ConfigDict, *, epochs: int = 0) -> None:
-  """Virtual outlier regularisation fields (jaxcl/methods/vor.py), jpmorganchase/ovor's
-  `learners/ood.py` defaults; `epochs` = 0 leaves the method as it is."""
-  c.method.ood_epochs = epochs  # head-only epochs with virtual outliers after train.epochs
-  c.method.ood_weight = 0.1  # `lmda`
-  c.method.ood_center = "origin"  # origin (the released code) | boundary (NPOS as described)
-  c.method.ood_cov = 0.1  # offsets cov x N(0, I)
-  c.method.ood_candidates = 600  # `sample_from`
-  c.method.ood_boundary = 50  # `select`
-  c.method.ood_knn = 50  # `K`
-  c.method.ood_per_class = 40  # `num_per_class`
-  c.method.ood_thres_id = -15.0
-  c.method.ood_thres_ood = -3.0
-  c.method.max_task_examples = 0  # feature buffer rows; 0 = data.max_train_per_class x classes
-
-
-def outlier_epochs(epochs: int) -> Callable[[ConfigDict], None]:
-  """A preset step: `epochs` VOR epochs after each task's `train.epochs`, a decaying per-task
-  schedule stretched over both (jpmorganchase/ovor `--epochs 0 <regular> <epochs>`)."""
-
-  def apply(c: ConfigDict) -> None:
-    c.method.ood_epochs = epochs
-    if c.optim.schedule != "constant":
-      c.optim.horizon_scale = (c.train.epochs + epochs) / c.train.epochs
-
-  return apply
-
-
-def compose(*fns: Callable[[ConfigDict], None]) -> Callable[[ConfigDict], None]:
-  def apply(c: ConfigDict) -> None:
-    for fn in fns:
-      fn(c)
-
-  return apply
-
-
-def cil_presets(**method_presets: Callable[[ConfigDict], None]) -> dict:
-  """The data/model presets of every CIL config, each followed by the method's own tweaks.
-
-  `method_presets[name]` runs after the shared preset `name` (e.g. the paper's
-  optimizer for `cifar100`); `default` tweaks also apply to `fmnist`.
-  """
-  shared = {
-    "default": glyphs,
-    "fmnist": fmnist,
-    "smoke": smoke,
-    "cifar100": cifar100,
-    "imagenet_r": imagenet_r,
-  }
-  noop = lambda c: None
-  out = {}
-  for name, fn in shared.items():
-    extra = method_presets.get(name) or (
-      method_presets.get("default") if name == "fmnist" else None
-    )
-    out[name] = compose(fn, extra or noop)
-  for name, fn in method_presets.items():
-    if name not in shared:
-      out[name] = fn
-  return out
-
-
-# ---------------------------------------------------------------------------
-# Growth runs (configs/growth_*.py): continual pretraining with growth events.
-# ---------------------------------------------------------------------------
-
-
-def text_smoke(c: ConfigDict) -> None:
-  """Seconds-long text runs for tests: the bundled JSON prose/code samples, 16-token
-  sequences, the `tiny` GPT/BERT, a fixed matmul peak (no measuring in tests)."""
-  c.data.domains = "prose:json,code:json"
-  c.data.seq_len = 16
-  c.data.batch_size = 8
-  c.data.eval_batch_size = 8
-  c.data.valid_fraction = 0.2
-  c.data.valid_sequences = 8
-  c.model.preset = "tiny"
-  c.schedule.eta_max = 3e-3
-  c.schedule.eta_min = 3e-4
-  c.train.peak_tflops = 1.0
-
-
-def growth_text(c: ConfigDict, *, smoke: bool) -> None:
-  """The stream of every growth config: the default offline text domains (stdlib prose, then
-  stdlib code), byte tokens, one cosine over both domains; the target model is GPT `mini`
-  (4 x 128) or, for `smoke`, `tiny` (2 x 32). The growth configs set the small start shape
-  (`model.shape`) and the events."""
-  c.kind = "cpt"
-  c.optim.reset_per_task = False  # one run over the stream; moments reset only at growth
-  c.schedule.name = "cosine"
-  c.schedule.warmup_steps = 10
-  c.replay.fraction = 0.0
-  if smoke:
-    text_smoke(c)
-    c.schedule.warmup_steps = 1
-    c.train.steps_per_domain = 4
-    c.train.log_every_steps = 2
-    c.eval.every_steps = 2
-    c.eval.dense_steps = 0
-    c.growth.ramp_steps = 2
-    c.growth.ligo_steps = 2
-    return
-  c.data.domains = "prose,code"
-  c.data.seq_len = 128
-  c.data.batch_size = 16
-  c.model.preset = "mini"
-  c.schedule.eta_max = 2e-3
-  c.schedule.eta_min = 2e-4
-  c.train.steps_per_domain = 200
-  c.eval.every_steps = 20
-  c.eval.dense_steps = 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcl import sharding
-from jaxcl.data import text
+from jaxcl.data import pipeline
 from jaxcl.lm import replay
 
 
@@ -95,7 +95,8 @@ def test_deterministic_for_a_seed():
 
 def test_without_replay_it_matches_the_plain_text_iterator():
   sh = sharding.batch_sharding(sharding.make_mesh())
-  plain = text.train_iterator(SOURCES[2], global_batch=16, seed=7, sharding=sh)
+  kw = dict(global_batch=16, seed=7, sharding=sh)
+  plain = pipeline.TrainIterator(SOURCES[2], np.arange(len(SOURCES[2])), lambda x, rng: x, **kw)
   mixed = replay.ReplayIterator(
     SOURCES, 2, fraction=0.0, mode="carve", global_batch=16, seed=7, sharding=sh
   )

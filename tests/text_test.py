@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxcl import sharding
-from jaxcl.data import text
+from jaxcl.data import pipeline, text
 
 BYTE = text.ByteTokenizer()
 
@@ -362,7 +362,9 @@ class _Indexed:
 
 def test_train_iterator_is_deterministic_and_resumes():
   sh = sharding.batch_sharding(sharding.make_mesh())
-  make = lambda: text.train_iterator(_Indexed(50), global_batch=16, seed=5, sharding=sh)
+  same = lambda x, rng: x
+  kw = dict(global_batch=16, seed=5, sharding=sh)
+  make = lambda: pipeline.TrainIterator(_Indexed(50), np.arange(50), same, **kw)
   a = make()
   first = [np.asarray(next(a)["tokens"]) for _ in range(3)]
   assert first[0].shape == (16, 5) and first[0].dtype == np.int32
@@ -387,7 +389,8 @@ def test_process_shards_cover_every_window_exactly_once(monkeypatch, processes):
   for p in range(processes):  # each simulated process builds its own iterator
     monkeypatch.setattr(jax, "process_count", lambda: processes)
     monkeypatch.setattr(jax, "process_index", lambda p=p: p)
-    it = text.train_iterator(_Indexed(n), global_batch=batch, seed=9, sharding=sh)
+    kw = dict(global_batch=batch, seed=9, sharding=sh)
+    it = pipeline.TrainIterator(_Indexed(n), np.arange(n), lambda x, rng: x, **kw)
     local = [np.asarray(next(it)["tokens"])[:, 0] for _ in range(n // batch)]
     assert all(len(x) == batch // processes for x in local)
     seen.append(np.concatenate(local))

@@ -180,22 +180,22 @@ def attention_weights(attn):
 
 
 def test_prefix_keys_values_join_after_projection():
-  attn = layers.MultiHeadAttention(WIDTH, HEADS, rngs=nnx.Rngs(0))
+  attn = layers.Attention(WIDTH, HEADS, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(3)
   for dense in (attn.query, attn.key, attn.value, attn.out):
     dense.bias[...] = jnp.asarray(rng.normal(size=dense.bias.shape), jnp.float32)
   x = rng.normal(size=(2, 4, WIDTH)).astype(np.float32)
   pk, pv = (rng.normal(size=(2, 3, HEADS, HEAD_DIM)).astype(np.float32) for _ in range(2))
-  got = attn(x, prefix_k=pk, prefix_v=pv)
+  got = attn(x, prefix=(pk, pv))
   assert got.shape == x.shape
   np.testing.assert_allclose(got, np_attention(x, attention_weights(attn), (pk, pv)), atol=1e-5)
 
 
 def test_attention_mask_blocks_masked_positions():
-  attn = layers.MultiHeadAttention(WIDTH, HEADS, rngs=nnx.Rngs(1))
+  attn = layers.Attention(WIDTH, HEADS, rngs=nnx.Rngs(1))
   x = np.random.default_rng(4).normal(size=(2, 5, WIDTH)).astype(np.float32)
   causal = np.tril(np.ones((5, 5), bool))[None, None]  # [1, 1, N, N]
-  got = attn(x, mask=causal)
+  got = attn(x, mask=causal[0])  # [1, N, N]: no head axis
   np.testing.assert_allclose(got, np_attention(x, attention_weights(attn), mask=causal), atol=1e-5)
   assert np.abs(got - attn(x)).max() > 1e-4
 

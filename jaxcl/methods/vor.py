@@ -40,6 +40,24 @@ from jaxcl.engine import optim as optim_lib
 from jaxcl.methods import base
 
 
+def method_fields(*, epochs: int = 0) -> dict:
+  """The `method` fields of VOR, jpmorganchase/ovor's `learners/ood.py` defaults, for a method
+  config to add with `c.method.update(vor.method_fields())` (`epochs` 0: VOR off)."""
+  return dict(
+    ood_epochs=epochs,  # head-only epochs with virtual outliers after train.epochs
+    ood_weight=0.1,  # `lmda`
+    ood_center="origin",  # origin (the released code) | boundary (NPOS as described)
+    ood_cov=0.1,  # offsets cov x N(0, I)
+    ood_candidates=600,  # `sample_from`
+    ood_boundary=50,  # `select`
+    ood_knn=50,  # `K`
+    ood_per_class=40,  # `num_per_class`
+    ood_thres_id=-15.0,
+    ood_thres_ood=-3.0,
+    max_task_examples=0,  # feature buffer rows; 0 = data.max_train_per_class x classes
+  )
+
+
 def kth_distance(queries, points, valid, k: int):
   """Squared L2 distance [M] from each query [M, D] to its k-th nearest valid point [N, D]."""
   d = (queries**2).sum(-1)[:, None] + (points**2).sum(-1)[None] - 2 * queries @ points.T

@@ -76,6 +76,8 @@ class Layer(nnx.Module):
       use_bias=True,
       init=init,
       out_init=init,
+      bias_init=nnx.initializers.zeros,
+      logical_axes=True,
       dtype=dtype,
       rngs=rngs,
     )

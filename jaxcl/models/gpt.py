@@ -147,6 +147,8 @@ class Block(nnx.Module):
       use_bias=not llama,
       init=init,
       out_init=out_init,
+      bias_init=nnx.initializers.zeros,
+      logical_axes=True,
       dtype=dtype,
       rngs=rngs,
     )
@@ -163,15 +165,16 @@ class Block(nnx.Module):
       rngs=rngs,
     )
 
-  def __call__(self, x, mask, rope):  # [B, T, D] -> [B, T, D]
-    x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope)
-    return x + self.mlp(self.mlp_norm(x))
-
-  def masked(self, x, mask, rope, masks: dict, layer_mask):
-    """The block under MSG masks (`GPT.masks`): x + c (block(x) - x), c = `layer_mask`."""
+  def __call__(self, x, mask, rope, masks: dict | None = None, layer_mask=None):
+    """x [B, T, D] -> [B, T, D]; under MSG masks (`GPT.masks`) x + c (block(x) - x), where
+    c = `layer_mask` and block(x) has its hidden, head and FFN units masked."""
+    if masks is None:
+      x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope)
+      return x + self.mlp(self.mlp_norm(x))
     m = masks["hidden"].astype(x.dtype)  # [D]
     h = _masked_norm(self.attn_norm, x, m)
-    y = x + _masked_attention(self.attn, h, mask, rope, masks["heads"], masks["kv_heads"]) * m
+    heads = dict(head_mask=masks["heads"], kv_head_mask=masks["kv_heads"])
+    y = x + self.attn(h, mask=mask, rope=rope, **heads) * m
     h = _masked_norm(self.mlp_norm, y, m)
     y = y + _masked_mlp(self.mlp, h, masks["mlp"]) * m
     return x + layer_mask.astype(x.dtype) * (y - x)
@@ -193,23 +196,6 @@ def _masked_norm(norm: nnx.Module, x, m):
     ms = jnp.sum(w * x32 * x32, -1, keepdims=True) / n
     y = x32 * jax.lax.rsqrt(ms + norm.epsilon) * norm.scale[...]
   return (y * w).astype(x.dtype)
-
-
-def _masked_attention(attn: layers.Attention, x, mask, rope, m_heads, m_kv):
-  """`layers.Attention` with q scaled by the head mask [H] and k, v by the kv-head mask [K]."""
-  q = attn.query(x) * m_heads.astype(x.dtype)[:, None]  # [B, T, H, Dh]
-  k = attn.key(x) * m_kv.astype(x.dtype)[:, None]  # [B, T, K, Dh]
-  v = attn.value(x) * m_kv.astype(x.dtype)[:, None]  # [B, T, K, Dh]
-  if rope is not None:
-    q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
-  b, t, h, dh = q.shape
-  kv = k.shape[2]
-  q = q.reshape(b, t, kv, h // kv, dh) * jnp.asarray(dh**-0.5, q.dtype)  # [B, T, K, G, Dh]
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  logits = jnp.where(jnp.expand_dims(mask, (-3, -4)), logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
-  context = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, h, dh)  # [B, T, H, Dh]
-  return attn.out(context)
 
 
 def _masked_mlp(mlp: layers.FeedForward, x, m):
@@ -240,29 +226,6 @@ class Masks(nnx.Module):
   def values(self) -> dict:
     names = ("hidden", "heads", "kv_heads", "mlp", "layers")
     return {k: getattr(self, k)[...] for k in names}
-
-
-def _apply_masked_layers(blocks, x, mask, rope, masks: dict, remat: str):
-  """`layers.apply_layers` for `Block.masked`, with the per-layer mask scanned alongside."""
-  scan = not isinstance(blocks, nnx.List)
-
-  def layer_fn(graphdef):
-    def call(x, state, c):
-      return nnx.merge(graphdef, state).masked(x, mask, rope, masks, c)
-
-    if remat == "none":
-      return call
-    return jax.checkpoint(call, policy=layers.REMAT_POLICIES[remat], prevent_cse=not scan)
-
-  if scan:
-    graphdef, state = nnx.split(blocks)
-    call = layer_fn(graphdef)
-    x, _ = jax.lax.scan(lambda x, sc: (call(x, *sc), None), x, (state, masks["layers"]))
-    return x
-  for i, block in enumerate(blocks):
-    graphdef, state = nnx.split(block)
-    x = layer_fn(graphdef)(x, state, masks["layers"][i])
-  return x
 
 
 class GPT(nnx.Module):
@@ -320,7 +283,15 @@ class GPT(nnx.Module):
     if cfg.growth_masks:
       masks = self.masks.values()
       x = x * masks["hidden"].astype(x.dtype)  # new hidden coordinates start at 0
-      x = _apply_masked_layers(self.blocks, x, layers.causal_mask(t), rope, masks, cfg.remat)
+      x = layers.apply_layers(
+        self.blocks,
+        x,
+        layers.causal_mask(t),
+        rope,
+        masks,
+        per_layer=masks["layers"],
+        remat=cfg.remat,
+      )
       x = _masked_norm(self.final_norm, x, masks["hidden"])  # [B, T, D]
     else:
       x = layers.apply_layers(self.blocks, x, layers.causal_mask(t), rope, remat=cfg.remat)

@@ -1,4 +1,5 @@
-"""Transformer layers shared by the ViT (and the GPT/BERT models).
+"""Transformer layers shared by the ViT, the GPT and the BERT, with one attention: `Attention`
+(projections, prefixes, head masks, RoPE) around `dot_product_attention` (q, k, v, mask).
 
 Parameter shapes follow the google vision_transformer checkpoints (Dosovitskiy et al., 2021):
 attention kernels keep the head axis (`query.kernel` [D, H, Dh], `out.kernel` [H, Dh, D]), so a
@@ -17,78 +18,175 @@ from flax import nnx
 xavier_uniform = nnx.initializers.xavier_uniform()
 
 
-class HeadDense(nnx.Module):
-  """A dense map with a structured kernel, e.g. [D, H, Dh] (per-head in) or [H, Dh, D] (out).
+def flat_init(init, fan_in_axes: int):
+  """`init` applied to a structured kernel, e.g. [D, H, Dh], as the 2-D matrix
+  [prod(shape[:fan_in_axes]), prod(rest)] and reshaped: flax `DenseGeneral`'s xavier fans."""
 
-  Like flax `DenseGeneral`, the kernel is xavier-initialised as the 2-D matrix
-  [prod(kernel_shape[:fan_in_axes]), prod(rest)] and then reshaped.
+  def apply(key, shape, dtype=jnp.float32):
+    fan_in, fan_out = math.prod(shape[:fan_in_axes]), math.prod(shape[fan_in_axes:])
+    return init(key, (fan_in, fan_out), dtype).reshape(shape)
+
+  return apply
+
+
+xavier_heads_in = flat_init(xavier_uniform, 1)  # [D, H, Dh] as [D, H Dh]
+xavier_heads_out = flat_init(xavier_uniform, 2)  # [H, Dh, D] as [H Dh, D]
+
+
+class HeadDense(nnx.Module):
+  """A dense map with a structured kernel: `einsum(equation, x, kernel) + bias` in `dtype`,
+  e.g. "btd,dhk->bthk" with a kernel [D, H, Dh] (per-head in) or "bthk,hkd->btd" with [H, Dh, D]
+  (out). Parameters are float32.
+
+  `bias_init=None` gives a zero bias drawn without a key (the google ViT); an initializer draws
+  its own key after the kernel's (flax `nnx.Einsum`, the GPT/BERT). `bias_shape=None`: no bias.
   """
 
   def __init__(
     self,
+    equation: str,
     kernel_shape: tuple[int, ...],
-    bias_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
     *,
-    fan_in_axes: int,
+    kernel_init,
+    bias_init=None,
+    dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
-    fan_in = math.prod(kernel_shape[:fan_in_axes])
-    fan_out = math.prod(kernel_shape[fan_in_axes:])
-    kernel = xavier_uniform(rngs.params(), (fan_in, fan_out), jnp.float32)
-    self.kernel = nnx.Param(kernel.reshape(kernel_shape))
-    self.bias = nnx.Param(jnp.zeros(bias_shape, jnp.float32))
+    self.equation, self.dtype = equation, dtype
+    self.kernel = nnx.Param(kernel_init(rngs.params(), kernel_shape, jnp.float32))
+    if bias_shape is None:
+      self.bias = nnx.data(None)
+    elif bias_init is None:
+      self.bias = nnx.Param(jnp.zeros(bias_shape, jnp.float32))
+    else:
+      self.bias = nnx.Param(bias_init(rngs.params(), bias_shape, jnp.float32))
+
+  def __call__(self, x):
+    y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
-class MultiHeadAttention(nnx.Module):
-  """Multi-head self-attention (Vaswani et al., 2017) with optional prefix keys/values.
+def dot_product_attention(q, k, v, mask=None, *, grouped: bool = True):
+  """softmax(q k^T / sqrt(Dh)) v per head (Vaswani et al., 2017), grouped K/V heads (GQA,
+  Ainslie et al., 2023: query head h reads K/V head h // (H / K), HF `repeat_kv`).
 
-  Prefix-tuning (Li & Liang, 2021; used by DualPrompt and CODA-Prompt) concatenates extra keys
-  and values to the *already projected* K and V along the sequence axis: prefixes do not pass
-  through W_k / W_v, queries are unchanged, so the output keeps the input length.
+  Args:
+    q: queries [B, T, H, Dh].
+    k, v: keys and values [B, S, K, Dh], K dividing H.
+    mask: boolean, True = may attend, broadcastable to [B, T, S] (e.g. `causal_mask(T)` or a
+      padding mask [B, 1, S]), or None.
+    grouped: logits laid out [B, K, G, T, S] (G = H / K; needed when K < H) rather than
+      [B, H, T, S]. The same math, rounded differently in the last bit: the language models
+      use the first, the ViT the second, each keeping the results it was measured with.
+
+  Returns:
+    [B, T, H, Dh] in v's dtype; logits and softmax are float32.
+  """
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  neg, scale = jnp.finfo(jnp.float32).min, jnp.asarray(dh**-0.5, q.dtype)
+  if not grouped and kv == h:
+    logits = jnp.einsum("bthd,bshd->bhts", q * scale, k, preferred_element_type=jnp.float32)
+    if mask is not None:  # [B, H, T, S]
+      logits = jnp.where(jnp.expand_dims(mask, -3), logits, neg)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, H, T, S]
+    return jnp.einsum("bhts,bshd->bthd", weights, v)  # [B, T, H, Dh]
+  q = q.reshape(b, t, kv, h // kv, dh) * scale  # [B, T, K, G, Dh]
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  if mask is not None:  # [B, K, G, T, S]
+    logits = jnp.where(jnp.expand_dims(mask, (-3, -4)), logits, neg)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
+  return jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, h, dh)  # [B, T, H, Dh]
+
+
+class Attention(nnx.Module):
+  """Self-attention of the ViT, the GPT and the BERT: `dot_product_attention` between
+  projections of x, with the optional pieces each model needs.
+
+  - Prefix-tuning (Li & Liang, 2021; DualPrompt, CODA-Prompt): extra keys and values
+    concatenated to the *already projected* K and V along the sequence axis; they do not pass
+    through W_k / W_v, queries are unchanged, so the output keeps the input length.
+  - Head masks (MSG, Yao et al., ICLR 2024; jaxcl/growth/msg.py): q scaled per query head,
+    k and v per K/V head, before RoPE.
+  - GQA (`num_kv_heads` < `num_heads`), RoPE tables, and a position mask (causal, padding).
+
+  Kernels keep the head axis (google vision_transformer layout): `query.kernel` [D, H, Dh],
+  `key.kernel`/`value.kernel` [D, K, Dh], `out.kernel` [H, Dh, D]. The defaults are the google
+  ViT's (xavier kernels with DenseGeneral's fans, zero biases, no `num_kv_heads`: logits
+  [B, H, T, S]); the language models give `num_kv_heads` (grouped logits), their initializers
+  and `logical_axes=True` (axis names for jaxcl/sharding.py).
   """
 
-  def __init__(self, width: int, num_heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    if width % num_heads:
+  def __init__(
+    self,
+    width: int,
+    num_heads: int,
+    *,
+    num_kv_heads: int = 0,
+    head_dim: int = 0,
+    use_bias: bool = True,
+    init=xavier_heads_in,
+    out_init=xavier_heads_out,
+    bias_init=None,
+    logical_axes: bool = False,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    self.grouped = bool(num_kv_heads)
+    num_kv_heads = num_kv_heads or num_heads
+    if not head_dim and width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-    head_dim = width // num_heads
-    self.dtype = dtype
-    in_shape, in_bias = (width, num_heads, head_dim), (num_heads, head_dim)
-    self.query = HeadDense(in_shape, in_bias, fan_in_axes=1, rngs=rngs)
-    self.key = HeadDense(in_shape, in_bias, fan_in_axes=1, rngs=rngs)
-    self.value = HeadDense(in_shape, in_bias, fan_in_axes=1, rngs=rngs)
-    self.out = HeadDense((num_heads, head_dim, width), (width,), fan_in_axes=2, rngs=rngs)
+    if num_heads % num_kv_heads:
+      raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    head_dim = head_dim or width // num_heads
+    axes = with_axes if logical_axes else lambda init, *names: init
 
-  def _project(self, x, dense: HeadDense):
-    kernel, bias = dense.kernel[...].astype(self.dtype), dense.bias[...].astype(self.dtype)
-    return jnp.einsum("bnd,dhk->bnhk", x, kernel) + bias  # [B, N, H, Dh]
+    def dense(equation, kernel_shape, bias_shape, kernel_init, names):
+      return HeadDense(
+        equation,
+        kernel_shape,
+        bias_shape if use_bias else None,
+        kernel_init=axes(kernel_init, *names),
+        bias_init=None if bias_init is None else axes(bias_init, *names[-len(bias_shape) :]),
+        dtype=dtype,
+        rngs=rngs,
+      )
 
-  def __call__(self, x, *, prefix_k=None, prefix_v=None, mask=None):
-    """Attends x [B, N, D] to itself (and to the prefixes); returns [B, N, D].
+    def project(heads, heads_axis):  # x [B, T, D] -> [B, T, heads, Dh]
+      shape, names = (width, heads, head_dim), ("embed", heads_axis, "kv")
+      return dense("btd,dhk->bthk", shape, (heads, head_dim), init, names)
+
+    self.query = project(num_heads, "heads")
+    self.key = project(num_kv_heads, "kv_heads")
+    self.value = project(num_kv_heads, "kv_heads")
+    shape, names = (num_heads, head_dim, width), ("heads", "kv", "embed")
+    self.out = dense("bthk,hkd->btd", shape, (width,), out_init, names)
+
+  def __call__(self, x, *, mask=None, rope=None, prefix=None, head_mask=None, kv_head_mask=None):
+    """x [B, T, D] -> [B, T, D].
 
     Args:
-      x: input tokens [B, N, D].
-      prefix_k: projected prefix keys [B, P, H, Dh], or None.
-      prefix_v: projected prefix values [B, P, H, Dh], or None (given iff prefix_k is).
-      mask: boolean, True = may attend, broadcastable to [B, H, N, P + N] (prefix columns
+      x: input [B, T, D].
+      mask: boolean, True = may attend, broadcastable to [B, T, S] (S = P + T, prefix columns
         first), or None.
+      rope: (sin, cos) from `rope_tables`, applied to queries and keys, or None.
+      prefix: (k, v), projected prefix keys and values [B, P, K, Dh] each, or None.
+      head_mask: [H] scales of the query heads, or None; kv_head_mask: [K] of the K/V heads.
     """
-    if (prefix_k is None) != (prefix_v is None):
-      raise ValueError("prefix_k and prefix_v must be given together")
-    x = x.astype(self.dtype)
-    q = self._project(x, self.query)  # [B, N, H, Dh]
-    k = self._project(x, self.key)  # [B, N, H, Dh]
-    v = self._project(x, self.value)  # [B, N, H, Dh]
-    if prefix_k is not None:
-      k = jnp.concatenate([prefix_k.astype(self.dtype), k], axis=1)  # [B, P + N, H, Dh]
-      v = jnp.concatenate([prefix_v.astype(self.dtype), v], axis=1)  # [B, P + N, H, Dh]
-    q = q * jnp.asarray(q.shape[-1] ** -0.5, self.dtype)
-    logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)  # [B,H,N,S]
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, H, N, S]
-    context = jnp.einsum("bhqs,bshk->bqhk", weights, v)  # [B, N, H, Dh]
-    out_kernel = self.out.kernel[...].astype(self.dtype)
-    return jnp.einsum("bqhk,hkd->bqd", context, out_kernel) + self.out.bias[...].astype(self.dtype)
+    q = self.query(x)  # [B, T, H, Dh]
+    k = self.key(x)  # [B, T, K, Dh]
+    v = self.value(x)  # [B, T, K, Dh]
+    if head_mask is not None:
+      q = q * head_mask.astype(x.dtype)[:, None]
+    if kv_head_mask is not None:
+      k, v = k * kv_head_mask.astype(x.dtype)[:, None], v * kv_head_mask.astype(x.dtype)[:, None]
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    if prefix is not None:
+      k = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)  # [B, P + T, K, Dh]
+      v = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)  # [B, P + T, K, Dh]
+    return self.out(dot_product_attention(q, k, v, mask, grouped=self.grouped))
 
 
 class MlpBlock(nnx.Module):
@@ -186,80 +284,6 @@ def apply_rope(x, sin, cos):
   return (x32 * cos[:, None] + rotated * sin[:, None]).astype(x.dtype)
 
 
-class Attention(nnx.Module):
-  """Self-attention (Vaswani et al., 2017) with grouped K/V heads (GQA, Ainslie et al., 2023).
-
-  Kernels keep the head axis, like `MultiHeadAttention`: `query.kernel` [D, H, Dh],
-  `key.kernel`/`value.kernel` [D, K, Dh], `out.kernel` [H, Dh, D]; query head h reads K/V head
-  h // (H / K) (HF `repeat_kv`). Logits and softmax are float32.
-  """
-
-  def __init__(
-    self,
-    width: int,
-    num_heads: int,
-    *,
-    num_kv_heads: int,
-    head_dim: int,
-    use_bias: bool,
-    init,
-    out_init,
-    dtype=jnp.float32,
-    rngs: nnx.Rngs,
-  ):
-    if num_heads % num_kv_heads:
-      raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
-    zeros = nnx.initializers.zeros
-
-    def project(heads, heads_axis):
-      return nnx.Einsum(
-        "btd,dhk->bthk",
-        (width, heads, head_dim),
-        (heads, head_dim) if use_bias else None,
-        kernel_init=with_axes(init, "embed", heads_axis, "kv"),
-        bias_init=with_axes(zeros, heads_axis, "kv"),
-        dtype=dtype,
-        rngs=rngs,
-      )
-
-    self.query = project(num_heads, "heads")
-    self.key = project(num_kv_heads, "kv_heads")
-    self.value = project(num_kv_heads, "kv_heads")
-    self.out = nnx.Einsum(
-      "bthk,hkd->btd",
-      (num_heads, head_dim, width),
-      (width,) if use_bias else None,
-      kernel_init=with_axes(out_init, "heads", "kv", "embed"),
-      bias_init=with_axes(zeros, "embed"),
-      dtype=dtype,
-      rngs=rngs,
-    )
-
-  def __call__(self, x, *, mask=None, rope=None):
-    """x [B, T, D] -> [B, T, D].
-
-    Args:
-      x: input [B, T, D].
-      mask: boolean, True = may attend, broadcastable to [B, T, S] (e.g. `causal_mask(T)` or a
-        padding mask [B, 1, S]), or None.
-      rope: (sin, cos) from `rope_tables`, applied to queries and keys, or None.
-    """
-    q = self.query(x)  # [B, T, H, Dh]
-    k = self.key(x)  # [B, T, K, Dh]
-    v = self.value(x)  # [B, T, K, Dh]
-    if rope is not None:
-      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    b, t, h, dh = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, dh) * jnp.asarray(dh**-0.5, q.dtype)  # [B, T, K, G, Dh]
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    if mask is not None:  # [B, K, G, T, S]
-      logits = jnp.where(jnp.expand_dims(mask, (-3, -4)), logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
-    context = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, h, dh)  # [B, T, H, Dh]
-    return self.out(context)
-
-
 class FeedForward(nnx.Module):
   """Position-wise MLP: down(act(up(x))), or down(act(gate(x)) * up(x)) when gated (SwiGLU,
   Shazeer, 2020). `up`/`gate` kernels are [D, F], `down` is [F, D]; `activation` is a key of
@@ -320,19 +344,21 @@ def make_layers(make_layer, num_layers: int, *, scan: bool, rngs: nnx.Rngs) -> n
   return make_stack(rngs)
 
 
-def apply_layers(layers: nnx.Module, x, *args, remat: str = "none"):
+def apply_layers(layers: nnx.Module, x, *args, per_layer=None, remat: str = "none"):
   """x -> layer_L(... layer_1(x, *args) ..., *args), for either layout of `make_layers`.
 
   A stacked module runs under `jax.lax.scan`, so compile time does not grow with depth. `args`
-  (masks, RoPE tables) are the same for every layer. `remat` is a key of REMAT_POLICIES.
+  (masks, RoPE tables) are the same for every layer; `per_layer` [L, ...], if given, passes
+  row l to layer l after them (MSG's layer masks). `remat` is a key of REMAT_POLICIES.
   """
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}: use one of {sorted(REMAT_POLICIES)}")
   scan = not isinstance(layers, nnx.List)
+  rows = () if per_layer is None else (per_layer,)
 
   def layer_fn(graphdef):
-    def call(x, state):
-      return nnx.merge(graphdef, state)(x, *args)
+    def call(x, state, *row):
+      return nnx.merge(graphdef, state)(x, *args, *row)
 
     if remat == "none":
       return call
@@ -341,9 +367,9 @@ def apply_layers(layers: nnx.Module, x, *args, remat: str = "none"):
   if scan:
     graphdef, state = nnx.split(layers)
     call = layer_fn(graphdef)
-    x, _ = jax.lax.scan(lambda x, s: (call(x, s), None), x, state)
+    x, _ = jax.lax.scan(lambda x, xs: (call(x, *xs), None), x, (state, *rows))
     return x
-  for layer in layers:
+  for i, layer in enumerate(layers):
     graphdef, state = nnx.split(layer)
-    x = layer_fn(graphdef)(x, state)
+    x = layer_fn(graphdef)(x, state, *(r[i] for r in rows))
   return x

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcl.models.layers import MlpBlock, MultiHeadAttention, layer_norm
+from jaxcl.models.layers import Attention, MlpBlock, layer_norm
 
 VARIANTS = {
   "mu": dict(width=96, depth=4, mlp_dim=384, num_heads=3),
@@ -89,15 +89,14 @@ class EncoderBlock(nnx.Module):
 
   def __init__(self, width: int, mlp_dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
     self.ln_0 = layer_norm(width, dtype=dtype, rngs=rngs)
-    self.attn = MultiHeadAttention(width, num_heads, dtype=dtype, rngs=rngs)
+    self.attn = Attention(width, num_heads, dtype=dtype, rngs=rngs)
     self.ln_2 = layer_norm(width, dtype=dtype, rngs=rngs)
     self.mlp = MlpBlock(width, mlp_dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, prefix=None, adapter=None):  # [B, T, D] -> [B, T, D]
     """`adapter(x) -> [B, T, D]`, if given, reads the post-attention stream and is added to the
     MLP output (AdaptFormer's parallel adapter)."""
-    prefix_k, prefix_v = (None, None) if prefix is None else prefix
-    x = x + self.attn(self.ln_0(x), prefix_k=prefix_k, prefix_v=prefix_v)
+    x = x + self.attn(self.ln_0(x), prefix=prefix)
     if adapter is None:
       return x + self.mlp(self.ln_2(x))
     return x + (self.mlp(self.ln_2(x)) + adapter(x))
