@@ -1,9 +1,24 @@
-"""Test set-up: 8 fake CPU devices and parsed absl flags, before anything imports jax."""
+"""Test set-up, before anything imports jax: 8 fake CPU devices, a persistent XLA compilation
+cache, parsed absl flags.
+
+The cache lives in `JAX_COMPILATION_CACHE_DIR` (.ci/run makes one per CI run; otherwise the
+session makes a temporary one and removes it at the end). It is set through the environment, so
+the xdist workers and every `python -m jaxcl.main` subprocess or notebook kernel share it: a step
+that another test or process already compiled is read from disk instead of compiled again.
+Tracing still happens, so `step.TRACES` and a run's `train_compiles` count the same as without it.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWN_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # set here, inherited by xdist workers
+  _OWN_CACHE = tempfile.mkdtemp(prefix="jaxcl-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache every program
 
 from absl import flags  # noqa: E402
 
@@ -11,3 +26,9 @@ from absl import flags  # noqa: E402
 def pytest_configure(config):
   del config
   flags.FLAGS.mark_as_parsed()
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE is not None:  # only the process that made it (the xdist controller) removes it
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
