@@ -1,5 +1,5 @@
 """Test set-up, before anything imports jax: 8 fake CPU devices, a persistent XLA compilation
-cache, parsed absl flags.
+cache, a directory for the runs tests share (helpers.shared_run), parsed absl flags.
 
 The cache lives in `JAX_COMPILATION_CACHE_DIR` (.ci/run makes one per CI run; otherwise the
 session makes a temporary one and removes it at the end). It is set through the environment, so
@@ -14,10 +14,11 @@ import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_OWN_CACHE = None
-if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # set here, inherited by xdist workers
-  _OWN_CACHE = tempfile.mkdtemp(prefix="jaxcl-xla-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+_MADE = []  # the directories this process made (the xdist controller; workers inherit them)
+for _name, _prefix in (("JAX_COMPILATION_CACHE_DIR", "xla-cache"), ("JAXCL_TEST_RUNS", "runs")):
+  if not os.environ.get(_name):
+    _MADE.append(tempfile.mkdtemp(prefix=f"jaxcl-{_prefix}-"))
+    os.environ[_name] = _MADE[-1]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache every program
 
 from absl import flags  # noqa: E402
@@ -30,5 +31,5 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
   del config
-  if _OWN_CACHE is not None:  # only the process that made it (the xdist controller) removes it
-    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+  for path in _MADE:
+    shutil.rmtree(path, ignore_errors=True)

@@ -9,10 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import ROOT, cpu_env, load_config, main_command
-
-from jaxcl.cpt import run as cpt_run
-from jaxcl.train import step as step_lib
+from helpers import ROOT, cpu_env, load_config, main_command, run_tasks, shared_run
 
 CONFIGS = ("growth_stack", "growth_msg", "growth_bert2bert", "growth_ligo")
 EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function preserving
@@ -20,9 +17,8 @@ EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function pres
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_growth_config_smoke_run(name, tmp_path):
-  step_lib.TRACES.clear()
   config = load_config(name, "smoke")
-  results = cpt_run.run(config, str(tmp_path))
+  results = run_tasks(config, tmp_path)
   assert results["train_compiles"] == 1 + len(config.growth.events) == 2
   (event,) = results["growth_events"]
   assert set(event) >= {"step", "operator", "from", "to", "max_abs_logit_change"}
@@ -38,8 +34,10 @@ def test_growth_config_smoke_run(name, tmp_path):
   assert np.isfinite(results["loss_matrix"]).all()
   written = json.loads((tmp_path / "results.json").read_text())
   assert written["growth_events"] == results["growth_events"]
-  for key, other in (("default", None), ("smoke", None)):
-    assert load_config(name, key).preset == key and other is None
+  # The smoke run exercises what the default preset runs: its operators and optimizer rule.
+  default = load_config(name, "default")
+  assert [e["operator"] for e in default.growth.events] == [event["operator"]]
+  assert default.growth.opt_state == config.growth.opt_state
 
 
 def _ckpt_ids(workdir) -> list[int]:
@@ -52,10 +50,11 @@ def _ckpt_ids(workdir) -> list[int]:
 )
 def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_through_step, later):
   overrides = {"checkpoint.every_steps": 1, "checkpoint.keep": 100}
-  straight = cpt_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "a"))
+  straight, straight_dir = shared_run("growth_stack", **overrides)
   # A run "killed" after `keep_through_step` steps: its later checkpoints never happened.
-  shutil.copytree(tmp_path / "a", tmp_path / "b")
-  os.remove(tmp_path / "b" / "results.json")
+  shutil.copytree(straight_dir, tmp_path / "b")
+  for name in ("results.json", "shared_run.json"):
+    os.remove(tmp_path / "b" / name)
   task = 0 if keep_through_step <= 4 else 1
   last = 2 * (keep_through_step + task)  # checkpoint id of that step (jaxcl/cpt/run.py save)
   for i in _ckpt_ids(tmp_path / "b"):
@@ -63,9 +62,9 @@ def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_thro
       shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i))
     elif i > last:  # their arrays are gone, the metadata is intact: fall back to the small shape
       shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i) / "state")
-  step_lib.TRACES.clear()
   if later == "deleted":
-    resumed = cpt_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "b"))
+    resumed = run_tasks(load_config("growth_stack", "smoke", **overrides), tmp_path / "b")
+    resumed = json.loads(json.dumps(resumed))  # as the shared straight run was stored
   else:  # a fresh process, as after a crash (this one's TensorStore cache holds the old bytes)
     flags = [f"--config.{k}={v}" for k, v in overrides.items()]
     command = main_command("growth_stack", tmp_path / "b", *flags)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, cpu_env, load_config, main_command
+from helpers import ROOT, cpu_env, load_config, main_command, run_tasks
 
 from jaxcl import checkpoint
 from jaxcl.train import loop, step
@@ -147,7 +147,7 @@ def _interrupt_after(monkeypatch, calls: dict) -> None:
 
 def _run(workdir, name="finetune", **overrides):
   config = load_config(name, "smoke", **{"train.steps_per_task": 4, **overrides})
-  return loop.run(config, str(workdir))
+  return run_tasks(config, workdir)
 
 
 def test_sigterm_mid_task_in_process_then_resume_gives_identical_results(tmp_path, monkeypatch):

@@ -10,14 +10,13 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import load_config
+from helpers import THREE_TASKS, load_config, shared_run
 
 from jaxcl import methods
 from jaxcl.methods import base, ovor, slca, vor
 from jaxcl.models import vit
-from jaxcl.train import loop, optim
+from jaxcl.train import optim
 from jaxcl.train import state as state_lib
-from jaxcl.train import step as step_lib
 
 NUM_CLASSES = 4
 
@@ -347,13 +346,11 @@ def test_schedule_must_span_the_outlier_epochs():
 @pytest.mark.parametrize(
   ("name", "overrides"), [("slca", {}), ("ovor", {}), ("dualprompt", {"method.ood_epochs": 1})]
 )
-def test_multi_task_run_compiles_the_train_step_once(name, overrides, tmp_path):
-  config = load_config(name, "smoke", **{"data.num_classes": 6, **overrides})  # 3 x 2 classes
-  step_lib.TRACES.clear()
-  results = loop.run(config, str(tmp_path))
+def test_multi_task_run_compiles_the_train_step_once(name, overrides):
+  results, _ = shared_run(name, **THREE_TASKS, **overrides)  # 3 x 2 classes
   assert results["num_tasks"] == 3
   assert results["train_compiles"] == 1
-  assert step_lib.TRACES["edit"] <= 2 and step_lib.TRACES["feature"] <= 2
+  assert results["traces"].get("edit", 0) <= 2 and results["traces"].get("feature", 0) <= 2
   assert all(np.isfinite(row).all() for row in results["acc_matrix"][-1:])
 
 
