@@ -24,7 +24,8 @@ def test_smoke_preset_runs(name):
   assert np.isfinite(last).all() and (last >= 0).all() and (last <= 100).all()
   counts = results["test_counts"]
   assert len(counts) == len(last) == results["num_tasks"] and min(counts) > 0
-  np.testing.assert_allclose(results["A_last"], np.average(last, weights=counts), rtol=1e-6)
+  # (the matrix in results.json is rounded to 4 decimals)
+  np.testing.assert_allclose(results["A_last"], np.average(last, weights=counts), atol=1e-4)
   assert results["train_compiles"] == results["traces"].get("train", 0) <= 1
   assert os.path.exists(os.path.join(workdir, "results.json"))
 
