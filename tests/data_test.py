@@ -41,6 +41,7 @@ def test_remap_labels_is_position_in_order():
   labels = np.array([0, 1, 2, 3, 3, 0])
   got = splits.remap_labels(labels, order)
   assert got.tolist() == [order.index(y) for y in labels.tolist()]
+  assert got.dtype == np.int32  # labels index the classes: never floats
   assert splits.remap_labels([5, 2], [2, 1]).tolist() == [-1, 0]  # 5 is not in the order
   with pytest.raises(ValueError, match="distinct"):
     splits.remap_labels(labels, [0, 0, 1])
