@@ -7,21 +7,27 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-from helpers import ROOT, config_names, load_config
-
-from jaxcl.cil import run as cil_run
+from helpers import ROOT, THREE_TASKS, config_names, load_config, shared_run
 
 CIL_PRESETS = ("default", "fmnist", "smoke", "cifar100", "imagenet_r")
 NOT_CIL = {"pretrain_vit"}  # configs without the class-incremental benchmark presets
 
 
 @pytest.mark.parametrize("name", config_names())
-def test_smoke_preset_runs(name, tmp_path):
-  config = load_config(name, "smoke")
-  results = cil_run.run(config, str(tmp_path))
-  assert results["A_last"] >= 0.0
-  assert (tmp_path / "results.json").exists()
+def test_smoke_preset_runs(name):
+  """Over three tasks (the run the method contract tests read too): finite accuracies in
+  [0, 100], A_last the sample-weighted mean of the last row, the step compiled at most once."""
+  results, workdir = shared_run(name, **THREE_TASKS)
+  last = np.asarray(results["acc_matrix"][-1], float)
+  assert np.isfinite(last).all() and (last >= 0).all() and (last <= 100).all()
+  counts = results["test_counts"]
+  assert len(counts) == len(last) == results["num_tasks"] and min(counts) > 0
+  # (the matrix in results.json is rounded to 4 decimals)
+  np.testing.assert_allclose(results["A_last"], np.average(last, weights=counts), atol=1e-4)
+  assert results["train_compiles"] == results["traces"].get("train", 0) <= 1
+  assert os.path.exists(os.path.join(workdir, "results.json"))
 
 
 @pytest.mark.parametrize("name", sorted(set(config_names()) - NOT_CIL))

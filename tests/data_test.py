@@ -41,6 +41,7 @@ def test_remap_labels_is_position_in_order():
   labels = np.array([0, 1, 2, 3, 3, 0])
   got = splits.remap_labels(labels, order)
   assert got.tolist() == [order.index(y) for y in labels.tolist()]
+  assert got.dtype == np.int32  # labels index the classes: never floats
   assert splits.remap_labels([5, 2], [2, 1]).tolist() == [-1, 0]  # 5 is not in the order
   with pytest.raises(ValueError, match="distinct"):
     splits.remap_labels(labels, [0, 0, 1])
@@ -117,6 +118,46 @@ def test_split_is_deterministic_through_order_and_remap():
     np.testing.assert_array_equal(x.train_idx, y.train_idx)
   first = set(splits.class_order(10, "seeded", 1993)[:2].tolist())
   assert set(raw[a[0].train_idx].tolist()) == first  # task 0 holds the order's first classes
+
+
+def test_coda_order_shuffles_from_seed_1():
+  expected = list(range(10))
+  random.Random(1).shuffle(expected)  # CODA-Prompt's usual first seed
+  assert splits.class_order(10, "coda", 1).tolist() == expected != list(range(10))
+
+
+def test_negative_labels_stay_minus_one_through_remap():
+  assert splits.remap_labels([-1, 2, -1, 0], [2, 0]).tolist() == [-1, 0, -1, 1]
+
+
+def test_one_class_tasks_single_task_and_uneven_base():
+  train, test = _labels(300, 7, 10), _labels(70, 7, 11)
+  one = splits.make_tasks(train, test, num_classes=3, init_classes=1, increment=1)
+  assert [t.classes.tolist() for t in one] == [[0], [1], [2]]  # no empty task at the end
+  (whole,) = splits.make_tasks(train, test, num_classes=7, init_classes=7, increment=1)
+  assert whole.classes.tolist() == list(range(7))
+  b1 = splits.make_tasks(train, test, num_classes=7, init_classes=1, increment=3)
+  assert [t.classes.tolist() for t in b1] == [[0], [1, 2, 3], [4, 5, 6]]
+  with pytest.raises(ValueError, match="init_classes"):
+    splits.make_tasks(train, test, num_classes=6, init_classes=0, increment=2)
+
+
+def test_a_cap_of_one_keeps_one_example_per_class():
+  train = _labels(200, 4, 12)
+  (task,) = splits.make_tasks(
+    train, train, num_classes=4, init_classes=4, increment=4, max_train_per_class=1
+  )
+  assert sorted(train[task.train_idx].tolist()) == [0, 1, 2, 3]
+  assert task.train_idx.tolist() == sorted(np.flatnonzero(train == c)[0] for c in range(4))
+
+
+def test_a_seed_draws_the_test_examples_too():
+  train, test = _labels(400, 4, 13), _labels(400, 4, 14)
+  kw = dict(num_classes=4, init_classes=4, increment=4, max_train_per_class=5)
+  first = splits.make_tasks(train, test, max_test_per_class=5, **kw)[0]
+  seeded = splits.make_tasks(train, test, max_test_per_class=5, seed=3, **kw)[0]
+  assert len(seeded.test_idx) == len(first.test_idx) == 20
+  assert not np.array_equal(seeded.test_idx, first.test_idx)
 
 
 def test_joint_is_one_task_with_everything():

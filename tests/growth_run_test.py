@@ -9,10 +9,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import ROOT, cpu_env, load_config, main_command
+from helpers import ROOT, cpu_env, load_config, main_command, run_tasks, shared_run
 
 from jaxcl import checkpoint
-from jaxcl.lm import run as lm_run
 
 CONFIGS = ("growth_stack", "growth_msg", "growth_bert2bert", "growth_ligo")
 EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function preserving
@@ -21,7 +20,7 @@ EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function pres
 @pytest.mark.parametrize("name", CONFIGS)
 def test_growth_config_smoke_run(name, tmp_path):
   config = load_config(name, "smoke")
-  results = lm_run.run(config, str(tmp_path))
+  results = run_tasks(config, tmp_path)
   assert results["train_compiles"] == 1 + len(config.growth.events) == 2
   (event,) = results["growth_events"]
   assert set(event) >= {"step", "operator", "from", "to", "max_abs_logit_change"}
@@ -37,8 +36,10 @@ def test_growth_config_smoke_run(name, tmp_path):
   assert np.isfinite(results["loss_matrix"]).all()
   written = json.loads((tmp_path / "results.json").read_text())
   assert written["growth_events"] == results["growth_events"]
-  for key, other in (("default", None), ("smoke", None)):
-    assert load_config(name, key).preset == key and other is None
+  # The smoke run exercises what the default preset runs: its operators and optimizer rule.
+  default = load_config(name, "default")
+  assert [e["operator"] for e in default.growth.events] == [event["operator"]]
+  assert default.growth.opt_state == config.growth.opt_state
 
 
 def _ckpt_steps(workdir) -> dict[int, int]:
@@ -54,17 +55,19 @@ def _ckpt_steps(workdir) -> dict[int, int]:
 )
 def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_through_step, later):
   overrides = {"checkpoint.every_steps": 1, "checkpoint.keep": 100}
-  straight = lm_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "a"))
+  straight, straight_dir = shared_run("growth_stack", **overrides)
   # A run "killed" after `keep_through_step` steps: its later checkpoints never happened.
-  shutil.copytree(tmp_path / "a", tmp_path / "b")
-  os.remove(tmp_path / "b" / "results.json")
+  shutil.copytree(straight_dir, tmp_path / "b")
+  for name in ("results.json", "shared_run.json"):
+    os.remove(tmp_path / "b" / name)
   for i, step in _ckpt_steps(tmp_path / "b").items():
     if step > keep_through_step and later == "deleted":
       shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i))
     elif step > keep_through_step:  # arrays gone, metadata intact: fall back to the small shape
       shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i) / "state")
   if later == "deleted":
-    resumed = lm_run.run(load_config("growth_stack", "smoke", **overrides), str(tmp_path / "b"))
+    resumed = run_tasks(load_config("growth_stack", "smoke", **overrides), tmp_path / "b")
+    resumed = json.loads(json.dumps(resumed))  # as the shared straight run was stored
   else:  # a fresh process, as after a crash (this one's TensorStore cache holds the old bytes)
     flags = [f"--config.{k}={v}" for k, v in overrides.items()]
     command = main_command("growth_stack", tmp_path / "b", *flags)

@@ -1,12 +1,27 @@
-"""Shared test helpers: load a config file by name, list the config files, run jaxcl.main."""
+"""Shared test helpers: load a config file by name, list the config files, run jaxcl.main,
+build a learner and run a task sequence (in process, or once per session for many tests)."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
 import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from jaxcl import config_lib
+from flax import nnx
 
+from jaxcl import checkpoint, config_lib, methods, sharding
+from jaxcl.cil import evaluate
+from jaxcl.cil import run as cil_run
+from jaxcl.data import benchmark
+from jaxcl.engine import optim, step
+from jaxcl.engine import state as state_lib
+from jaxcl.lm import run as lm_run
+
+THREE_TASKS = {"data.num_classes": 6}  # overrides: the smoke presets' 2 classes per task, 3 tasks
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 
@@ -33,3 +48,93 @@ def cpu_env(devices: int, **extra: str) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
+
+
+# --- the engine, as the tests drive it ---------------------------------------------------------
+# The only place the tests build a learner or run a task sequence: an engine API change is
+# adapted here.
+
+
+class Learner(NamedTuple):
+  """A method's learner as the class-incremental engine builds it, with its eval step."""
+
+  config: Any
+  method: Any  # base.Method
+  graphdef: Any
+  state: Any  # the initial LearnerState (on the default device; the steps place it)
+  state_sharding: Any
+  eval_step: Callable  # (state, batch, task_mask [C]) -> sums
+
+
+def build_learner(config, num_classes: int) -> Learner:
+  """The learner `cil.run.run(config, ...)` starts from, on the config's mesh."""
+  method = methods.get(config.method.name).make(config)
+  tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, config.optim.lr, 8))
+  model = method.build(config, num_classes, nnx.Rngs(config.seed))
+  extra = method.init_extra(model, num_classes)
+  graphdef, state = state_lib.init_state(
+    model, method.trainable, tx, extra, num_classes, config.seed
+  )
+  mesh = sharding.mesh_from_config(config.mesh)
+  state_sh = sharding.state_shardings(state, mesh, replicate_frozen=True)
+  eval_step = step.make_eval_step(
+    method.predict,
+    graphdef,
+    scale=config.data.scale,
+    mask_unseen=config.eval.mask_unseen,
+    state_sharding=state_sh,
+    batch_sharding=sharding.batch_sharding(mesh),
+    traces=step.Traces(),
+  )
+  return Learner(config, method, graphdef, state, state_sh, eval_step)
+
+
+def restore_last(learner: Learner, workdir) -> Any:
+  """The learner state of the newest checkpoint in `workdir` (a run of `learner.config`)."""
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  restored = ckpt.restore(sharding.abstract(learner.state, learner.state_sharding))
+  ckpt.close()
+  return restored.state
+
+
+def evaluate_all(learner: Learner, state) -> dict:
+  """What the engine reports after the last task for `state`: accuracy per task, counts."""
+  config = learner.config
+  bench = benchmark.build(config.data, single_task=learner.method.single_task)
+  mesh = sharding.mesh_from_config(config.mesh)
+  return evaluate.evaluate_seen(
+    learner.eval_step,
+    state,
+    bench,
+    bench.tasks,
+    global_batch=config.data.eval_batch_size,
+    sharding=sharding.batch_sharding(mesh),
+    num_threads=config.data.num_threads,
+  )
+
+
+def run_tasks(config, workdir) -> dict:
+  """Trains and evaluates the config's whole task (or domain) sequence in `workdir`, as
+  `python -m jaxcl.main` does; its results.json dict, plus `traces`: how often each jitted step
+  was traced during the run."""
+  traces = step.Traces()
+  results = (lm_run.run if config.kind == "cpt" else cil_run.run)(config, str(workdir), traces)
+  return {**results, "traces": {k: n for k, n in traces.items() if n}}
+
+
+def shared_run(name: str, **overrides) -> tuple[dict, str]:
+  """(results, workdir) of `run_tasks` on configs/<name>.py:smoke with `overrides`, made once per
+  test session and read by every test that asks for the same run (xdist workers included: the
+  first one makes it under a file lock, the others wait and read it). Treat it as read-only."""
+  key = ",".join([name, *(f"{k}={v}" for k, v in sorted(overrides.items()))])
+  workdir = os.path.join(os.environ["JAXCL_TEST_RUNS"], key)
+  done = os.path.join(workdir, "shared_run.json")
+  with open(f"{workdir}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(done):
+      shutil.rmtree(workdir, ignore_errors=True)
+      results = run_tasks(load_config(name, "smoke", **overrides), workdir)
+      with open(done, "w") as f:
+        json.dump(results, f)
+  with open(done) as f:
+    return json.load(f), workdir

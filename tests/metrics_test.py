@@ -193,3 +193,27 @@ def test_write_json_failure_keeps_the_old_file(tmp_path):
     writers.write_json(str(path), {"ok": 2, "bad": object()})
   assert json.loads(path.read_text()) == {"ok": 1}
   assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_cil_summary_reads_the_json_form_of_the_matrix():
+  """results.json stores the matrix as lists with null above the diagonal and counts as ints."""
+  as_json = [[None if np.isnan(x) else int(x) for x in row] for row in ACC]
+  assert metrics.cil_summary(as_json, COUNTS.tolist()) == metrics.cil_summary(ACC, COUNTS)
+
+
+def test_a_task_that_improves_at_the_end_has_negative_forgetting():
+  """The best earlier accuracy excludes the last row: a final gain is negative forgetting."""
+  acc = np.array([[60.0, NAN, NAN], [50.0, 90.0, NAN], [70.0, 80.0, 40.0]])
+  # task 0: max(60, 50) - 70 = -10; task 1: 90 - 80 = 10.
+  assert metrics.max_forgetting(acc) == 0.0
+  acc[2, 1] = 95.0  # task 1: 90 - 95 = -5
+  np.testing.assert_allclose(metrics.max_forgetting(acc), -7.5)
+
+
+@pytest.mark.parametrize("name", ["acc", "task_il_acc"])
+def test_shape_errors_name_the_matrix(name):
+  bad = {"acc": ACC, "task_il_acc": TASK_IL, name: ACC[:2]}
+  with pytest.raises(ValueError, match=f"^{name} must be a non-empty square"):
+    metrics.cil_summary(bad["acc"], COUNTS, task_il_acc=bad["task_il_acc"])
+  with pytest.raises(ValueError, match="task_il_acc shape"):
+    metrics.cil_summary(ACC, COUNTS, task_il_acc=np.zeros((2, 2)))

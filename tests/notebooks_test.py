@@ -52,21 +52,14 @@ def test_stored_without_outputs_and_with_colab_link(path):
   assert all(link.endswith(f"/blob/main/notebooks/{os.path.basename(path)}") for link in links)
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """A persistent XLA cache shared by the notebooks (several compile the same smoke steps)."""
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_runs_top_to_bottom(path, tmp_path, monkeypatch, compile_cache):
+def test_runs_top_to_bottom(path, tmp_path, monkeypatch):
   if not _has_kernel():
     pytest.skip(f"no Jupyter kernel {KERNEL!r}: pip install -e '.[test]' (ipykernel)")
-  # The kernel inherits this environment: smoke-sized runs, one CPU device, temp files here.
+  # The kernel inherits this environment: smoke-sized runs, one CPU device, temp files here,
+  # the session's XLA compilation cache (tests/conftest.py; the notebooks share smoke steps).
   monkeypatch.setenv("JAXCL_NOTEBOOK_SMOKE", "1")
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compile_cache)
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setenv("TMPDIR", str(tmp_path))

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import load_config
+from helpers import THREE_TASKS, load_config, shared_run
 
 from jaxcl import checkpoint, methods
-from jaxcl.cil import run as cil_run
-from jaxcl.engine import step
 from jaxcl.methods import aper, base, ease, ranpac
 from jaxcl.models import petl, vit
 
@@ -307,18 +306,17 @@ def test_subspace_weights_are_one_on_the_own_subspace_and_alpha_over_task_elsewh
 # --- whole task sequences -------------------------------------------------------------------
 
 
-def run_three_tasks(name, tmp_path):
-  config = load_config(name, "smoke", **{"data.num_classes": 6})
-  traces = step.Traces()
-  results = cil_run.run(config, str(tmp_path), traces)
+def run_three_tasks(name):
+  results, workdir = shared_run(name, **THREE_TASKS)
   assert results["num_tasks"] == 3
-  assert results["train_compiles"] == 1 and traces["train"] == 1
-  ck = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+  assert results["train_compiles"] == 1 and results["traces"]["train"] == 1
+  ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   states = [ck.read_state(s) for s in ck.steps()]  # one per task boundary
   ck.close()
   assert len(states) == 3
-  logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  return config, results, states, logged
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(x) for x in f.read().splitlines()]
+  return load_config(name, "smoke", **THREE_TASKS), results, states, logged
 
 
 def leaves(tree):
@@ -333,15 +331,15 @@ def check_trained_in_task_0_only(config, results, states, logged):
   assert results["A_last"] > 100 / 6
 
 
-def test_aper_trains_in_task_0_only(tmp_path):
-  config, results, states, logged = run_three_tasks("aper", tmp_path)
+def test_aper_trains_in_task_0_only():
+  config, results, states, logged = run_three_tasks("aper")
   check_trained_in_task_0_only(config, results, states, logged)
   counts = [s["extra"]["counts"] for s in states]  # prototypes: 2 new classes per task
   assert [int((c > 0).sum()) for c in counts] == [2, 4, 6]
 
 
-def test_ranpac_trains_in_task_0_only_and_its_gram_grows_with_every_task(tmp_path):
-  config, results, states, logged = run_three_tasks("ranpac", tmp_path)
+def test_ranpac_trains_in_task_0_only_and_its_gram_grows_with_every_task():
+  config, results, states, logged = run_three_tasks("ranpac")
   check_trained_in_task_0_only(config, results, states, logged)
   traces = [float(np.trace(s["extra"]["G"])) for s in states]
   assert traces[0] > 0 and traces[0] < traces[1] < traces[2]
@@ -352,8 +350,8 @@ def test_ranpac_trains_in_task_0_only_and_its_gram_grows_with_every_task(tmp_pat
     np.testing.assert_allclose(s["extra"]["W"], w, rtol=1e-2, atol=1e-4)
 
 
-def test_ease_freezes_each_task_adapter_into_its_own_bank_slot(tmp_path):
-  _, results, states, logged = run_three_tasks("ease", tmp_path)
+def test_ease_freezes_each_task_adapter_into_its_own_bank_slot():
+  _, results, states, logged = run_three_tasks("ease")
   assert {x["task"] for x in logged} == {0, 1, 2}
   bank = [s["frozen"]["bank"]["down"]["value"] for s in states]  # [T, L, D, r] after each task
   np.testing.assert_array_equal(bank[0][0], bank[2][0])

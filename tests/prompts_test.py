@@ -8,10 +8,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import load_config
+from helpers import THREE_TASKS, load_config, shared_run
 
 from jaxcl import methods
-from jaxcl.cil import run as cil_run
 from jaxcl.data.transforms import scale_images
 from jaxcl.engine import optim, step
 from jaxcl.engine import state as state_lib
@@ -197,17 +196,15 @@ def test_optimizer_does_not_clip_twice_when_the_step_clips():
 
 
 @pytest.mark.parametrize("name,top_k", [("l2p", 2), ("dualprompt", 1), ("coda_prompt", 0)])
-def test_two_tasks_compile_once_and_prompt_usage_counts_selections(name, top_k, tmp_path):
-  config = load_config(name, "smoke")
-  traces = step.Traces()
-  results = cil_run.run(config, str(tmp_path), traces)
+def test_three_tasks_compile_once_and_prompt_usage_counts_selections(name, top_k):
+  results, _ = shared_run(name, **THREE_TASKS)
   assert results["train_compiles"] == 1
-  assert traces["train"] == 1
+  assert results["traces"]["train"] == 1
   if not top_k:  # CODA weights every component: no selection to count
     assert "prompt_usage" not in results
     return
   final = np.asarray(results["prompt_usage"][-1])  # [seen tasks, pool]
-  assert final.shape == (2, config.method.pool_size)
+  assert final.shape == (3, load_config(name, "smoke").method.pool_size)
   np.testing.assert_array_equal(final.sum(1), np.asarray(results["test_counts"]) * top_k)
 
 

@@ -175,3 +175,47 @@ def test_from_config():
   a = replay.from_config(config, SOURCES, 3, sharding=None)
   b = _make(3, seed=7 * 1000 + 3)
   np.testing.assert_array_equal(a.next_local()["tokens"], b.next_local()["tokens"])
+
+
+def test_rows_per_process_by_hand():
+  """Current-domain rows first, then domains 0, 1, ...; row k goes to process k mod P."""
+  plan = replay.Plan(2, 0.25, "carve", 8)  # r = 2: one row from each earlier domain, 6 current
+  np.testing.assert_array_equal(plan.counts(0), [1, 1, 6])
+  np.testing.assert_array_equal(plan.local_counts(0, 2), [[1, 0, 3], [0, 1, 3]])
+  # Fewer current rows than processes: the last process gets none, the shape still holds.
+  small = replay.Plan(1, 0.5, "carve", 4).local_counts(0, 4)
+  np.testing.assert_array_equal(small, [[0, 1], [0, 1], [1, 0], [1, 0]])
+
+
+@pytest.mark.parametrize("current", [0, 1])
+def test_early_domains_resume_to_the_same_next_batch(current):
+  a = _make(current)
+  for _ in range(3):
+    a.next_local()
+  b = _make(current)
+  b.set_state(a.get_state())
+  np.testing.assert_array_equal(a.next_local()["tokens"], b.next_local()["tokens"])
+
+
+def test_default_config_replays_nothing():
+  import ml_collections
+
+  config = ml_collections.ConfigDict(
+    {"seed": 7, "replay": replay.default_config().to_dict(), "data": {"batch_size": 16}}
+  )
+  batch = replay.from_config(config, SOURCES, 2, sharding=None).next_local()
+  assert (batch["domain"] == 2).all() and len(batch["domain"]) == 16
+
+
+def test_from_config_passes_the_process_and_the_sharding():
+  import ml_collections
+
+  config = ml_collections.ConfigDict(
+    {"seed": 7, "replay": {"fraction": 0.25, "mode": "carve"}, "data": {"batch_size": 16}}
+  )
+  mesh = sharding.make_mesh(1)
+  batch_sh = sharding.batch_sharding(mesh)
+  it = replay.from_config(config, SOURCES, 2, sharding=batch_sh, process_index=1, process_count=2)
+  direct = _make(2, seed=7 * 1000 + 2, process_index=1, process_count=2)
+  np.testing.assert_array_equal(it.next_local()["tokens"], direct.next_local()["tokens"])
+  assert next(it)["tokens"].sharding == batch_sh

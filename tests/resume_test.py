@@ -18,10 +18,9 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, cpu_env, load_config, main_command
+from helpers import ROOT, cpu_env, load_config, main_command, run_tasks
 
 from jaxcl import checkpoint
-from jaxcl.cil import run as cil_run
 from jaxcl.engine import loop, step
 
 STEPS = 6  # per task; the smoke presets have 2 tasks
@@ -149,7 +148,7 @@ def _interrupt_after(monkeypatch, calls: dict) -> None:
 
 def _run(workdir, name="finetune", **overrides):
   config = load_config(name, "smoke", **{"train.steps_per_task": 4, **overrides})
-  return cil_run.run(config, str(workdir))
+  return run_tasks(config, workdir)
 
 
 def test_sigterm_mid_task_in_process_then_resume_gives_identical_results(tmp_path, monkeypatch):

@@ -10,13 +10,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import load_config
+from helpers import THREE_TASKS, load_config, shared_run
 
 from jaxcl import methods
-from jaxcl.cil import run as cil_run
 from jaxcl.engine import optim
 from jaxcl.engine import state as state_lib
-from jaxcl.engine import step as step_lib
 from jaxcl.methods import base, ovor, slca, vor
 from jaxcl.models import vit
 
@@ -348,13 +346,11 @@ def test_schedule_must_span_the_outlier_epochs():
 @pytest.mark.parametrize(
   ("name", "overrides"), [("slca", {}), ("ovor", {}), ("dualprompt", {"method.ood_epochs": 1})]
 )
-def test_multi_task_run_compiles_the_train_step_once(name, overrides, tmp_path):
-  config = load_config(name, "smoke", **{"data.num_classes": 6, **overrides})  # 3 x 2 classes
-  traces = step_lib.Traces()
-  results = cil_run.run(config, str(tmp_path), traces)
+def test_multi_task_run_compiles_the_train_step_once(name, overrides):
+  results, _ = shared_run(name, **THREE_TASKS, **overrides)  # 3 x 2 classes
   assert results["num_tasks"] == 3
   assert results["train_compiles"] == 1
-  assert traces["edit"] <= 2 and traces["feature"] <= 2
+  assert results["traces"].get("edit", 0) <= 2 and results["traces"].get("feature", 0) <= 2
   assert all(np.isfinite(row).all() for row in results["acc_matrix"][-1:])
 
 
