@@ -1,0 +1,33 @@
+"""Agreement between the processes of a multi-host job: small host values reduced over all
+processes (no-ops on one process).
+
+Every process must call these in the same order: each is a collective (`process_allgather`).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+
+def gather(value: int) -> np.ndarray:
+  """`value` (an int32) of every process, indexed by process: int [process_count]."""
+  if jax.process_count() == 1:
+    return np.asarray([value])
+  return np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)
+
+
+def all_min(value: int) -> int:
+  """The smallest `value` any process passed."""
+  return int(gather(value).min())
+
+
+def all_max(value: int) -> int:
+  """The largest `value` any process passed."""
+  return int(gather(value).max())
+
+
+def all_true(flag: bool) -> bool:
+  """Whether every process passed True."""
+  return bool(gather(int(flag)).all())
