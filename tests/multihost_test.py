@@ -148,5 +148,24 @@ def test_processes_that_disagree_about_the_newest_checkpoint_resume_from_the_sam
   assert "injected: transient read error" in logs[1]
 
 
+@pytest.mark.parametrize(
+  ("env", "method"),
+  [
+    ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5"}, None),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, "mpi4py"),  # Open MPI 5 sets no ORTE variable
+    ({"PMI_SIZE": "4"}, "mpi4py"),  # MPICH
+  ],
+)
+def test_mpi_launches_join_through_the_environment_jax_reads(monkeypatch, env, method):
+  import jax  # noqa: PLC0415
+
+  from jaxcl import main  # noqa: PLC0415
+
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  main.maybe_initialize_distributed(env)
+  assert calls == [{"cluster_detection_method": method} if method else {}]
+
+
 if __name__ == "__main__":
   {"restore": _restore_worker}[sys.argv[1]](*sys.argv[2:])

@@ -268,6 +268,86 @@ def test_worker_run_clears_the_previous_run_and_copies_its_log_into_the_workdir(
     _wait_for(lambda: copied.exists() and "exit code 0" in copied.read_text(), "the log copy")
 
 
+SBATCH = os.path.join(TPU, "slurm_gpu.sbatch")
+
+
+def _slurm_env(tmp_path, **extra: str) -> dict:
+  """A fake `srun` (records its arguments and JAX_LOCAL_DEVICE_IDS, then runs the task in its
+  own process, whose pid it writes to task.pid; SRUN_DRY=1: runs nothing) and `scontrol`."""
+  _fake(
+    tmp_path,
+    "srun",
+    f'echo "JAX_LOCAL_DEVICE_IDS=${{JAX_LOCAL_DEVICE_IDS:-}}" > {tmp_path}/srun.env\n'
+    '[ "${SRUN_DRY:-0}" = 1 ] && exit 0\n'
+    f"echo $$ > {tmp_path}/task.pid\n"
+    'while [[ "$1" == --* ]]; do shift; done\n'
+    f'[ "$1" = python ] && shift && set -- {sys.executable} "$@"\n'
+    'exec "$@"',
+  )
+  _fake(tmp_path, "scontrol")
+  (tmp_path / "venv" / "bin").mkdir(parents=True)
+  (tmp_path / "venv" / "bin" / "activate").write_text("")
+  env = _env(tmp_path, SLURM_JOB_ID="123", VENV=str(tmp_path / "venv"), **extra)
+  return dict(env, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def test_sbatch_directives_give_each_task_its_gpu_and_signal_the_tasks():
+  with open(SBATCH) as f:
+    directives = dict(
+      line.split()[1].partition("=")[::2] for line in f if line.startswith("#SBATCH ")
+    )
+  assert directives["--gpus-per-node"] and "--gpus-per-task" not in directives
+  assert directives["--signal"] == "TERM@120"  # every task, not B: (the batch shell only)
+  assert "--requeue" in directives
+
+
+@pytest.mark.parametrize(("gpus_per_task", "ids"), [("", ""), ("1", "0")])
+def test_sbatch_with_one_gpu_bound_per_task_uses_device_0(tmp_path, gpus_per_task, ids):
+  env = _slurm_env(tmp_path, SRUN_DRY="1", SLURM_GPUS_PER_TASK=gpus_per_task)
+  subprocess.run(["bash", SBATCH, "c.py", "/w", "--config.x=1"], env=env, check=True)
+  (srun,) = [c for c in _calls(tmp_path) if c[0] == "srun"]
+  assert srun == [
+    "srun",
+    "--kill-on-bad-exit=1",
+    "python",
+    "-m",
+    "jaxcl.main",
+    "--config=c.py",
+    "--workdir=/w",
+    "--config.x=1",
+  ]
+  assert (tmp_path / "srun.env").read_text().strip() == f"JAX_LOCAL_DEVICE_IDS={ids}"
+
+
+@pytest.mark.slow
+def test_slurm_job_saves_on_sigterm_exits_75_requeues_and_resumes(tmp_path):
+  env = _slurm_env(tmp_path)
+  workdir = tmp_path / "run"
+  config = os.path.join(ROOT, "configs", "l2p.py") + ":smoke"
+  job = ["bash", SBATCH, config, str(workdir), "--config.train.steps_per_task=40"]
+  job += ["--config.checkpoint.every_steps=2"]
+  with open(tmp_path / "job.log", "w") as out:
+    proc = subprocess.Popen(job, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    ckpt_dir = workdir / "checkpoints"
+    _wait_for(
+      lambda: proc.poll() is not None or (ckpt_dir.is_dir() and "2" in os.listdir(ckpt_dir)),
+      "the first checkpoint",
+      timeout=300,
+    )
+    os.kill(int((tmp_path / "task.pid").read_text()), signal.SIGTERM)  # what SLURM sends
+    code = proc.wait(timeout=300)
+  log = (tmp_path / "job.log").read_text()
+  assert code == 75, log[-3000:]
+  assert "requeueing job 123" in log
+  assert ["scontrol", "requeue", "123"] in _calls(tmp_path)
+  saved = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  assert 2 <= saved < 40 + 2  # saved mid-run, before the end of the first task
+  # The requeued job: the same batch script, same arguments.
+  done = subprocess.run(job, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"resumed from step {saved}" in done.stderr
+
+
 def main() -> None:
   """Prints the recorded command lines of full cycles (the issue's closing note)."""
   jobs = [
