@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import glob
 import hashlib
 import importlib
 import inspect
@@ -37,6 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxcl import paths
 from jaxcl.data import pipeline
 
 # --- tokenizers --------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class HFTokenizer(_Subword):
   """A HuggingFace `tokenizers` JSON file; EOS/PAD/MASK are found by their usual names."""
 
   def __init__(self, path: str):
-    self._tok = _require("tokenizers", path).Tokenizer.from_file(path)
+    self._tok = _require("tokenizers", path).Tokenizer.from_file(paths.local_copy(path))
     find = lambda names: next((i for i in map(self._tok.token_to_id, names) if i is not None), None)
     self._set_specials(
       self._tok.get_vocab_size(with_added_tokens=True),
@@ -118,7 +118,8 @@ class SentencePieceTokenizer(_Subword):
   """A sentencepiece `.model`: its eos/pad ids, and `<mask>`/`[MASK]` when it has one."""
 
   def __init__(self, path: str):
-    self._sp = sp = _require("sentencepiece", path).SentencePieceProcessor(model_file=path)
+    module = _require("sentencepiece", path)
+    self._sp = sp = module.SentencePieceProcessor(model_file=paths.local_copy(path))
     own = lambda i: i if i >= 0 else None  # sentencepiece reports a disabled special as -1
     mask = next(
       (i for i in map(sp.piece_to_id, _MASK_NAMES) if sp.id_to_piece(i) in _MASK_NAMES), None
@@ -252,17 +253,11 @@ def pydoc_topics() -> list[tuple[str, str]]:
 
 
 def glob_documents(pattern: str) -> list[tuple[str, str]]:
-  """(path, text) for every file matching `pattern` (recursive `**`), sorted by path."""
-  paths = sorted(
-    p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)
-  )
-  if not paths:
+  """(path, text) for every file matching `pattern` (`paths.glob`: local or gs://), sorted."""
+  files = [p for p in paths.glob(pattern) if paths.path(p).is_file()]
+  if not files:
     raise FileNotFoundError(f"no file matches glob:{pattern}")
-  out = []
-  for p in paths:
-    with open(p, encoding="utf-8", errors="replace") as f:
-      out.append((p, f.read()))
-  return out
+  return [(p, paths.path(p).read_bytes().decode("utf-8", errors="replace")) for p in files]
 
 
 def tfds_documents(name: str, *, split: str, text_key: str, data_dir: str = "") -> list:
@@ -445,10 +440,10 @@ def load_domain(
   """
   kind, _, arg = spec.partition(":")
   if kind == "arrayrecord":
-    paths = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
-    if not paths:
+    files = paths.glob(arg)
+    if not files:
       raise FileNotFoundError(f"no ArrayRecord file matches {arg!r}")
-    source = grain.sources.ArrayRecordDataSource(paths)
+    source = grain.sources.ArrayRecordDataSource(files)
     lengths = record_lengths(source, record_dtype)
     ids = range(len(lengths))
     pieces = lambda keep: _Records(
@@ -456,7 +451,7 @@ def load_domain(
     )
   else:
     if kind == "bin" or spec.endswith(".bin"):
-      tokens = np.memmap(os.path.expanduser(arg or spec), dtype=bin_dtype, mode="r")
+      tokens = np.memmap(paths.local_copy(arg or spec), dtype=bin_dtype, mode="r")
       bounds = bin_bounds(tokens, tokenizer.eos_id)
       ids = range(len(bounds) - 1)
     else:
