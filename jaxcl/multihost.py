@@ -31,3 +31,18 @@ def all_max(value: int) -> int:
 def all_true(flag: bool) -> bool:
   """Whether every process passed True."""
   return bool(gather(int(flag)).all())
+
+
+def to_host(tree):
+  """`tree` with every array as a whole host numpy array, on every process.
+
+  An array sharded across processes is gathered (a collective: all processes call this); one
+  each process can read whole (replicated, or on this process's devices) is copied locally.
+  """
+
+  def one(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(one, tree)

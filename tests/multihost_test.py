@@ -148,6 +148,54 @@ def test_processes_that_disagree_about_the_newest_checkpoint_resume_from_the_sam
   assert "injected: transient read error" in logs[1]
 
 
+def _pod_worker(directory: str) -> None:
+  """Process JAX_PROCESS_ID of a two-process job: gathers a sharded array, checks two batch
+  layouts, then gets a preemption notice (SIGTERM to process 1) between steps, as during an
+  evaluation."""
+  import signal  # noqa: PLC0415
+  import time  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
+  from jax.sharding import NamedSharding  # noqa: PLC0415
+  from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+  from jaxcl import main, multihost, preemption, sharding  # noqa: PLC0415
+
+  main.maybe_initialize_distributed()
+  out = {}
+  full = np.arange(32, dtype=np.float32).reshape(8, 4)
+  sh = NamedSharding(sharding.make_mesh(8), P("data"))  # rows 0-3 on process 0, 4-7 on 1
+  x = jax.make_array_from_callback(full.shape, sh, lambda i: full[i])
+  out["gathered"] = multihost.to_host({"x": x})["x"].tolist() == full.tolist()
+  sharding.check_batch(8, sharding.make_mesh(2, 1, 4))  # the hosts split the batch: fine
+  try:
+    sharding.check_batch(8, sharding.make_mesh(1, 1, 8))  # tensor across hosts
+    out["tensor_across_hosts"] = "accepted"
+  except ValueError as e:
+    out["tensor_across_hosts"] = str(e)
+  ckpt = checkpoint.Checkpointer(directory)
+  watch = preemption.PreemptionWatch(ckpt)
+  out["steps"] = [watch(step) for step in (1, 2, 3)]
+  if jax.process_index() == 1:
+    os.kill(os.getpid(), signal.SIGTERM)  # the notice reaches one host, during "evaluation"
+  time.sleep(5)
+  out["boundary"] = watch.at_boundary()
+  print("RESULT", json.dumps(out), flush=True)
+  ckpt.close()
+
+
+@pytest.mark.slow
+def test_pod_gathers_exports_forbids_replicated_batches_and_stops_at_a_boundary(tmp_path):
+  command = [sys.executable, __file__, "pod", str(tmp_path / "checkpoints")]
+  logs = _two_processes(command, tmp_path)
+  for log in logs:
+    out = json.loads(log.split("\nRESULT ", 1)[1].splitlines()[0])
+    assert out["gathered"], "the sharded array gathered whole on every process"
+    assert "replicates data.batch_size rows across processes" in out["tensor_across_hosts"]
+    assert out["steps"] == [False] * 3
+    assert out["boundary"] is True  # on both hosts, though only process 1 got SIGTERM
+
+
 @pytest.mark.parametrize(
   ("env", "method"),
   [
@@ -168,4 +216,4 @@ def test_mpi_launches_join_through_the_environment_jax_reads(monkeypatch, env, m
 
 
 if __name__ == "__main__":
-  {"restore": _restore_worker}[sys.argv[1]](*sys.argv[2:])
+  {"restore": _restore_worker, "pod": _pod_worker}[sys.argv[1]](*sys.argv[2:])

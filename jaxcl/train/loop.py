@@ -10,7 +10,6 @@ and resumes from the newest good checkpoint in the workdir.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -22,56 +21,24 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from jaxcl import checkpoint, config_lib, methods, sharding, writers
+from jaxcl import checkpoint, config_lib, methods, multihost, sharding, writers
 from jaxcl.data import benchmark, pipeline
 from jaxcl.methods.base import TaskEnv
 from jaxcl.models import loading
+from jaxcl.preemption import (  # noqa: F401  (loop.X: cpt/run.py, tests)
+  PREEMPTED_EXIT_CODE,
+  PREEMPTED_MESSAGE,
+  Preempted,
+  PreemptionWatch,
+  stop_if_preempted,
+)
 from jaxcl.train import evaluate, optim, report
 from jaxcl.train import state as state_lib
 from jaxcl.train import step as step_lib
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM/preemption after saving; rerun to resume
-PREEMPTED_MESSAGE = (
-  "preempted (SIGTERM or the TPU preemption notice): checkpoint of step %d saved; rerun the same"
-  " command with the same --workdir to resume"
-)
-
-
-class Preempted(SystemExit):
-  def __init__(self):
-    super().__init__(PREEMPTED_EXIT_CODE)
-
 
 class NonFiniteLoss(FloatingPointError):
   pass
-
-
-class PreemptionWatch:
-  """`watch(global_step)`: whether to save at this step and stop (exit PREEMPTED_EXIT_CODE).
-
-  One process acts on SIGTERM itself (the handler only sets `signal`). On a pod, JAX's
-  preemption service owns SIGTERM and every host learns the same step to save at (orbax's
-  `reached_preemption`), so no Python handler is installed. `close()` restores the handler.
-  """
-
-  def __init__(self, ckpt: checkpoint.Checkpointer):
-    self.ckpt, self.signal = ckpt, None
-    self.multihost = jax.process_count() > 1
-    self._old = None if self.multihost else signal.signal(signal.SIGTERM, self._on_sigterm)
-
-  def _on_sigterm(self, signum, frame) -> None:
-    del frame
-    self.signal = signum
-
-  def __call__(self, global_step: int) -> bool:
-    if self.multihost:
-      return self.ckpt.reached_preemption(global_step)
-    return self.signal is not None
-
-  def close(self) -> None:
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-      self._old = None
 
 
 def task_steps(config, num_examples: int) -> int:
@@ -126,15 +93,6 @@ def write_results(results: dict, config, setup: RunSetup) -> dict:
   if setup.main_process:
     writers.write_json(os.path.join(setup.workdir, "results.json"), results)
   return results
-
-
-def stop_if_preempted(preempted: PreemptionWatch, ckpt, step: int, more_to_do: bool) -> None:
-  """At a task / domain boundary (its checkpoint just saved): a preemption signal that arrived
-  outside the step loop stops the run here, exit code 75, unless nothing is left to do."""
-  if preempted.signal is not None and more_to_do:
-    ckpt.wait()
-    logging.warning(PREEMPTED_MESSAGE, step)
-    raise Preempted()
 
 
 def run(config, workdir: str) -> dict:
@@ -288,9 +246,9 @@ def run(config, workdir: str) -> dict:
     writer.close()
 
   results = write_results(report.cil_results(config, bench, progress), config, setup)
-  if main_process:
-    if config.export_backbone:
-      model = nnx.merge(graphdef, state.params, state.frozen)
+  if config.export_backbone:  # gathered by every process (collective), written by process 0
+    model = nnx.merge(graphdef, multihost.to_host(state.params), multihost.to_host(state.frozen))
+    if main_process:
       loading.save_vit_npz(
         getattr(model, "backbone", model), config.export_backbone, dtype=np.float16
       )
