@@ -396,7 +396,7 @@ def main() -> None:
   peaks = [r["peak_gflop_s"] for r in rows]
   print(f"matmul peak measured around each row: {min(peaks):.1f}-{max(peaks):.1f} GFLOP/s")
   report = {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "command": "python bench/step_throughput.py " + " ".join(sys.argv[1:]),
     "jax": jax.__version__,
     "device": device,

@@ -8,8 +8,8 @@ the directory, so no run derives ids from steps or tasks. Task-boundary checkpoi
 survive. Whether a step is permanent is written into orbax's step metadata
 (`custom_metadata`), so the policy holds across restarts. Restore takes an abstract target
 carrying the new shardings, so a run saved on 8 devices resumes on 4 or 1; a checkpoint that
-fails to restore is passed over, loudly, for the next older one, and nothing is ever deleted
-because it failed to restore.
+fails to restore on any process is passed over, loudly and by all processes together, for the
+next older one, and nothing is ever deleted because it failed to restore.
 
 Every process calls every method; orbax does the multi-host coordination. JSON items are
 written by the primary process only, so `data_state` must be the same on all processes.
@@ -27,6 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from jaxcl import multihost
 
 # Orbax's commit marker (orbax/checkpoint/_src/path/atomicity_types.py): written into a step
 # directory when it is finalized. Locally orbax (>= 0.12) writes it into the
@@ -175,46 +177,67 @@ class Checkpointer:
     `abstract_state(meta)` when it is a callable: the target of each candidate step from that
     step's metadata (a growth run's checkpoints hold different model shapes).
 
-    With `step=None`, the newest good checkpoint: a step that fails to restore is logged and
-    passed over for the next older one. Returns None when there are no checkpoints at all;
-    raises CheckpointError when there are some but none (or not `step`) can be restored.
+    With `step=None`, the newest checkpoint that every process can read: a step that fails to
+    restore on any process is logged and passed over, by all processes together, for the next
+    older one. So the hosts of a pod always resume from the same step, even when one of them
+    has a transient read error. Returns None when there are no checkpoints
+    at all; raises CheckpointError when there are some but none (or not `step`) can be restored.
     """
     self.wait()
     steps = self.steps()
-    if not steps:
-      return None
-    if step is not None and step not in steps:
+    if step is not None and not multihost.all_true(step in steps):
       raise CheckpointError(f"no committed checkpoint at step {step} in {self.directory}: {steps}")
+    if multihost.all_max(steps[-1] if steps else -1) < 0:
+      return None
     errors = []
-    for s in [step] if step is not None else steps[::-1]:
-      try:
-        target = abstract_state(self.read_meta(s)) if callable(abstract_state) else abstract_state
-        r = self._mgr.restore(
-          s,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-          ),
-        )
-        restored = Restored(s, r.state, r.data["data_state"], dict(r.meta), [e[0] for e in errors])
-      except Exception as e:  # noqa: BLE001  (any unreadable piece makes the step bad)
-        errors.append((s, f"{type(e).__name__}: {str(e)[:300]}"))
-        logging.warning(
-          "CHECKPOINT STEP %d in %s CANNOT BE RESTORED (%s); %s",
-          s,
-          self.directory,
-          errors[-1][1],
-          "trying the next older one" if step is None and s != steps[0] else "none left to try",
-        )
-        continue
-      if restored.skipped:
-        logging.warning("restored step %d; passed over bad newer steps %s", s, restored.skipped)
-      return restored
+    bound = steps[-1] if step is None else step
+    while bound >= 0:
+      # The candidate: the newest step at or below `bound` that every process lists.
+      s = multihost.all_min(max((x for x in steps if x <= bound), default=-1))
+      if s < 0 or (step is not None and s != step):
+        break
+      restored, error = self._read_step(s, abstract_state, steps)
+      if multihost.all_true(error is None):
+        skipped = [e[0] for e in errors]
+        if skipped:
+          logging.warning("restored step %d; passed over bad newer steps %s", s, skipped)
+        return restored._replace(skipped=skipped)
+      errors.append((s, error or "another process could not restore it"))
+      logging.warning(
+        "CHECKPOINT STEP %d in %s CANNOT BE RESTORED (%s); %s",
+        s,
+        self.directory,
+        errors[-1][1],
+        "trying the next older one" if step is None else "none left to try",
+      )
+      bound = s - 1
     raise CheckpointError(
       f"no good checkpoint in {self.directory}: tried steps {[e[0] for e in errors]}, all failed;"
       " nothing was deleted.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
     )
+
+  def _read_step(self, step: int, abstract_state, steps: list[int]):
+    """(Restored, None) or (None, the error): one step read by this process alone.
+
+    Orbax's item handlers, not the manager: the manager's restore ends in a barrier across
+    processes, which a process that failed would never reach, so the others would hang there
+    instead of agreeing to pass the step over.
+    """
+    if step not in steps:
+      return None, "not committed here"
+    root = self._root / str(step)
+    try:
+      meta = ocp.JsonCheckpointHandler().restore(root / "meta", args=ocp.args.JsonRestore())
+      target = abstract_state(dict(meta)) if callable(abstract_state) else abstract_state
+      handler = ocp.StandardCheckpointHandler()
+      try:
+        state = handler.restore(root / "state", args=ocp.args.StandardRestore(target))
+      finally:
+        handler.close()
+      data = ocp.JsonCheckpointHandler().restore(root / "data", args=ocp.args.JsonRestore())
+      return Restored(step, state, data["data_state"], dict(meta), []), None
+    except Exception as e:  # noqa: BLE001  (any unreadable piece makes the step bad)
+      return None, f"{type(e).__name__}: {str(e)[:300]}"
 
   def read_meta(self, step: int | None = None) -> dict | None:
     """The metadata item of `step` (default: the newest committed), None without checkpoints.

@@ -50,7 +50,8 @@ def maybe_initialize_distributed(env=os.environ) -> None:
   kind = cluster_environment(env)
   if kind is None:
     return
-  if kind == "mpi" and "OMPI_COMM_WORLD_SIZE" not in env:  # not Open MPI: ask mpi4py
+  if kind == "mpi" and "OMPI_MCA_orte_hnp_uri" not in env:
+    # JAX finds Open MPI <= 4 by its ORTE variable; Open MPI 5 (PRRTE) and MPICH: mpi4py.
     jax.distributed.initialize(cluster_detection_method="mpi4py")
   elif "JAX_NUM_PROCESSES" in env:  # a manual launch (with JAX_COORDINATOR_ADDRESS=host:port)
     jax.distributed.initialize(

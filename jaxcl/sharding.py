@@ -210,11 +210,27 @@ def abstract(tree, shardings):
 
 
 def check_batch(global_batch: int, mesh: Mesh, what: str = "data.batch_size") -> None:
+  """Raises ValueError unless the batch splits evenly over its devices and its processes, each
+  process holding rows no other process holds.
+
+  Every process reads its own rows of the batch (DESIGN.md §5). A mesh whose batch axes
+  (data x fsdp) do not separate the processes, e.g. `tensor` across hosts, would replicate rows
+  across processes, which then disagree about what those rows are.
+  """
   n, pc = batch_devices(mesh), jax.process_count()
   if global_batch % n or global_batch % pc:
     raise ValueError(
       f"{what}={global_batch} must be divisible by the {n} devices the batch is split over "
       f"(mesh data x fsdp) and by the {pc} processes"
+    )
+  rows = {}  # process -> the batch rows its devices hold
+  for device, index in batch_sharding(mesh).devices_indices_map((global_batch,)).items():
+    rows.setdefault(device.process_index, set()).update(range(*index[0].indices(global_batch)))
+  if sum(map(len, rows.values())) > global_batch:
+    raise ValueError(
+      f"mesh {describe(mesh)} replicates {what} rows across processes (its batch axes data x "
+      "fsdp do not separate the hosts): give the hosts to mesh.data or mesh.fsdp and keep "
+      "mesh.tensor within a host"
     )
 
 

@@ -26,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
 
+from jaxcl.paths import absolute, is_remote  # noqa: F401  (writers.absolute/is_remote)
+
 
 def to_json_value(x):
   """numpy / jax scalars and arrays -> Python values; NaN and ±inf -> None (valid JSON)."""
@@ -45,16 +47,6 @@ def to_json_value(x):
 
 
 REMOTE_FLUSH_SECONDS = 30.0
-
-
-def is_remote(path) -> bool:
-  """`gs://...` and other URLs (not local files)."""
-  return "://" in str(path)
-
-
-def absolute(path: str) -> str:
-  """A local path made absolute (orbax needs that); remote paths as they are."""
-  return str(path) if is_remote(path) else os.path.abspath(os.path.expanduser(str(path)))
 
 
 def write_text(path: str, text: str) -> None:

@@ -6,9 +6,13 @@ skip themselves (see the first cell of each notebook).
 """
 
 import glob
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -50,6 +54,62 @@ def test_stored_without_outputs_and_with_colab_link(path):
   links = re.findall(re.escape(COLAB) + r"[^)\s]+", first)
   assert links, "the first cell has no Open-in-Colab link"
   assert all(link.endswith(f"/blob/main/notebooks/{os.path.basename(path)}") for link in links)
+
+
+def _repository():
+  """notebooks/repository.py, the one place naming the repository the notebooks install."""
+  spec = importlib.util.spec_from_file_location(
+    "repository", os.path.join(ROOT, "notebooks", "repository.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_install_cell_and_colab_link_come_from_notebooks_repository_py(path):
+  repo = _repository()
+  with open(path) as f:
+    cells = json.load(f)["cells"]
+  install = "".join(cells[repo.install_cell_index(cells)]["source"])
+  assert install == repo.INSTALL_CELL.format(repository=repo.REPOSITORY, branch=repo.BRANCH), (
+    "run `python notebooks/repository.py`"
+  )
+  assert repo.colab_link(os.path.basename(path)) in "".join(cells[0]["source"])
+
+
+def _run_install_cell(monkeypatch, fail: bool = False) -> list:
+  """Runs the install cell as on Colab, with a `subprocess.run` that records its calls."""
+  repo = _repository()
+  calls = []
+
+  def run(cmd, **kwargs):
+    calls.append((cmd, kwargs))
+    if fail:
+      raise subprocess.CalledProcessError(128, cmd)
+
+  monkeypatch.setattr(subprocess, "run", run)
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  cell = repo.INSTALL_CELL.format(repository=repo.REPOSITORY, branch=repo.BRANCH)
+  exec(cell, {"ON_COLAB": True, "os": os, "sys": sys})  # noqa: S102
+  return calls
+
+
+def test_install_cell_on_colab_clones_and_keeps_the_runtime_jax(monkeypatch):
+  monkeypatch.setenv("JAXCL_REPOSITORY", "https://example.com/fork.git")
+  (clone, clone_kw), (pip, pip_kw) = _run_install_cell(monkeypatch)
+  assert clone[:2] == ["git", "clone"] and clone[-2:] == [
+    "https://example.com/fork.git",
+    "/content/jaxcl",
+  ]
+  installed = importlib.metadata.version("jax")
+  assert pip[1:] == ["-m", "pip", "install", "-q", "-e", "/content/jaxcl", f"jax=={installed}"]
+  assert clone_kw == pip_kw == {"check": True}
+
+
+def test_a_failed_clone_stops_the_install_cell(monkeypatch):
+  with pytest.raises(subprocess.CalledProcessError):
+    _run_install_cell(monkeypatch, fail=True)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Deletes the slice (and its queued resource, if it was created with QUEUED=1). The gs://
-# workdir stays; running tpu/create.sh, install.sh and the same run.sh command again resumes.
+# Deletes the slice(s): the queued resource with its nodes (--force), or the node made with
+# QUEUED=0. The gs:// workdir stays; create.sh, install.sh and the same run.sh command resume.
 set -euo pipefail
 # shellcheck source=tpu/env.sh
 source "$(dirname "$0")/env.sh"

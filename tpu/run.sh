@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Starts the same jaxcl command on every worker, detached (it survives a dropped ssh), writing
-# to ~/$LOG there; follow it with tpu/logs.sh. A multi-host slice joins through
-# jax.distributed.initialize() (jaxcl/main.py finds the TPU environment by itself).
+# Starts the same jaxcl command on every worker of every slice (tpu/worker_run.sh there:
+# stale processes and the libtpu lock cleared, the run detached, its log copied into
+# WORKDIR/logs/). Slices of several hosts join through jax.distributed.initialize(). Several
+# slices (NODE_COUNT > 1): the queued resource puts MEGASCALE_COORDINATOR_ADDRESS,
+# MEGASCALE_NUM_SLICES and MEGASCALE_SLICE_ID into every worker's tpu-env metadata, where JAX
+# (and libtpu) read them, and jaxcl builds a hybrid ICI x DCN mesh (mesh.dcn_* in the config).
 #
 #   tpu/run.sh configs/l2p.py:cifar100 gs://BUCKET/runs/l2p-c100 --config.data.dir=gs://BUCKET/tfds
 set -euo pipefail
@@ -20,16 +23,15 @@ case "$workdir" in
   *) echo "warning: $workdir is not gs://; every host then writes its own local copy" >&2 ;;
 esac
 
-# Several hosts: ask jaxcl to join them (a TPU VM does not always say so in its environment).
-hosts="$(gcloud_tpu tpu-vm describe "$TPU_NAME" --format='value(networkEndpoints[].ipAddress)' \
-  | tr ';' '\n' | grep -c .)"
+read -r -a names <<< "$(nodes | tr '\n' ' ')"
+hosts="$(hosts_of "${names[0]}")"
 multihost=0
-if [ "$hosts" -gt 1 ]; then
+if [ "$((hosts * ${#names[@]}))" -gt 1 ]; then
   multihost=1
 fi
-echo "$TPU_NAME: $hosts host(s)"
-
-args="$(printf '%q ' "--config=$config" "--workdir=$workdir" "$@")"
-on_all_workers "cd ~/$REMOTE_DIR && JAXCL_MULTIHOST=$multihost nohup setsid \
-  ~/venv/bin/python -m jaxcl.main $args > ~/$LOG 2>&1 < /dev/null &
-  echo \"worker \$(hostname): started, pid \$!\""
+echo "$TPU_NAME: ${#names[@]} slice(s) x $hosts host(s)"
+args="$(printf '%q ' "$workdir" "--config=$config" "$@")"
+for node in "${names[@]}"; do
+  gcloud_tpu tpu-vm ssh "$node" --worker=all --command="JAXCL_MULTIHOST=$multihost LOG=$LOG \
+bash ~/$REMOTE_DIR/tpu/worker_run.sh $args"
+done

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from jaxcl import methods, sharding, writers
+from jaxcl import methods, multihost, sharding, writers
 from jaxcl.cil import evaluate
 from jaxcl.data import benchmark, pipeline
 from jaxcl.engine import loop, optim
@@ -172,10 +172,11 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   graphdef, state, progress = loop.train_stages(
     r, hooks, steps, graphdef, state, progress, data_state, meta
   )
-  if r.main_process and config.export_backbone:
-    model = nnx.merge(graphdef, state.params, state.frozen)
-    loading.save_vit_npz(
-      getattr(model, "backbone", model), config.export_backbone, dtype=np.float16
-    )
-    logging.info("exported the backbone to %s", config.export_backbone)
+  if config.export_backbone:  # gathered by every process (collective), written by process 0
+    model = nnx.merge(graphdef, multihost.to_host(state.params), multihost.to_host(state.frozen))
+    if r.main_process:
+      loading.save_vit_npz(
+        getattr(model, "backbone", model), config.export_backbone, dtype=np.float16
+      )
+      logging.info("exported the backbone to %s", config.export_backbone)
   return loop.finish(r, evaluate.cil_results(config, bench, progress))

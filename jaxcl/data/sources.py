@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from jaxcl import paths
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _FASHION_MNIST_FILES = {
   "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -64,10 +66,10 @@ class ArraySource:
 
 
 def read_idx(path: str) -> np.ndarray:
-  """A uint8 IDX file (gzipped when the name ends in `.gz`) as an array of its shape."""
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  """A uint8 IDX file (gzipped when the name ends in `.gz`; local or gs://) as an array."""
+  data = paths.path(path).read_bytes()
+  if path.endswith(".gz"):
+    data = gzip.decompress(data)
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UINT8:
     raise ValueError(f"{path} is not a uint8 IDX file (header {data[:4].hex()})")
   ndim = data[3]
@@ -89,7 +91,8 @@ def _fashion_mnist_missing(path: str, data_dir: str) -> FileNotFoundError:
 def load_fashion_mnist(data_dir: str = "") -> tuple[ArraySource, ArraySource]:
   """Fashion-MNIST (Xiao et al., 2017) from its idx files: 60k train, 10k test, [28, 28, 1].
 
-  Reads `data_dir` or, when empty, the Debian package's directory; `.gz` or plain idx.
+  Reads `data_dir` (local or gs://) or, when empty, the Debian package's directory; `.gz` or
+  plain idx.
   """
   data_dir = data_dir or FASHION_MNIST_DIR
   out = []
@@ -97,7 +100,7 @@ def load_fashion_mnist(data_dir: str = "") -> tuple[ArraySource, ArraySource]:
     arrays = []
     for name in _FASHION_MNIST_FILES[split]:
       base = os.path.join(data_dir, name)
-      path = next((p for p in (base + ".gz", base) if os.path.isfile(p)), None)
+      path = next((p for p in (base + ".gz", base) if paths.path(p).is_file()), None)
       if path is None:
         raise _fashion_mnist_missing(name, data_dir)
       arrays.append(read_idx(path))
@@ -130,7 +133,7 @@ def tfds_builder(name: str, data_dir: str = ""):
 
   data_dir = tfds_data_dir(data_dir)
   folder = os.path.join(data_dir, name.split(":")[0])
-  if not os.path.isdir(folder):  # checked first, so tfds never reaches for a download
+  if not paths.path(folder).is_dir():  # checked first, so tfds never reaches for a download
     raise FileNotFoundError(
       f"tfds dataset {name!r} is not prepared: {folder} does not exist. "
       + _prepare_hint(name, data_dir)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -29,49 +28,17 @@ from jaxcl import checkpoint, config_lib, sharding, writers
 from jaxcl.engine import report
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM/preemption after saving; rerun to resume
-PREEMPTED_MESSAGE = (
-  "preempted (SIGTERM or the TPU preemption notice): checkpoint of step %d saved; rerun the same"
-  " command with the same --workdir to resume"
+from jaxcl.preemption import (  # noqa: F401  (loop.PREEMPTED_EXIT_CODE for callers and tests)
+  PREEMPTED_EXIT_CODE,
+  PREEMPTED_MESSAGE,
+  Preempted,
+  PreemptionWatch,
+  stop_if_preempted,
 )
-
-
-class Preempted(SystemExit):
-  def __init__(self):
-    super().__init__(PREEMPTED_EXIT_CODE)
 
 
 class NonFiniteLoss(FloatingPointError):
   pass
-
-
-class PreemptionWatch:
-  """`watch(global_step)`: whether to save at this step and stop (exit PREEMPTED_EXIT_CODE).
-
-  One process acts on SIGTERM itself (the handler only sets `signal`). On a pod, JAX's
-  preemption service owns SIGTERM and every host learns the same step to save at (orbax's
-  `reached_preemption`), so no Python handler is installed. `close()` restores the handler.
-  """
-
-  def __init__(self, ckpt: checkpoint.Checkpointer):
-    self.ckpt, self.signal = ckpt, None
-    self.multihost = jax.process_count() > 1
-    self._old = None if self.multihost else signal.signal(signal.SIGTERM, self._on_sigterm)
-
-  def _on_sigterm(self, signum, frame) -> None:
-    del frame
-    self.signal = signum
-
-  def __call__(self, global_step: int) -> bool:
-    if self.multihost:
-      return self.ckpt.reached_preemption(global_step)
-    return self.signal is not None
-
-  def close(self) -> None:
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-      self._old = None
 
 
 @dataclasses.dataclass
@@ -227,11 +194,8 @@ class _StageLoop:
         state, progress = hooks.end_stage(graphdef, compiled, state, progress)
         progress = dataclasses.replace(progress, phase="done")
         self.save(progress, state, None, keep_forever=True)
-        more = stage + 1 < len(stage_steps)
-        if self.preempted.signal is not None and more:  # arrived outside the step loop
-          r.ckpt.wait()
-          logging.warning(PREEMPTED_MESSAGE, int(state.step))
-          raise Preempted()
+        # A notice that arrived outside the step loop (during the evaluation, say) stops here.
+        stop_if_preempted(self.preempted, r.ckpt, int(state.step), stage + 1 < len(stage_steps))
     finally:
       self.preempted.close()
       r.ckpt.wait()

@@ -25,7 +25,6 @@ NSP head, tied copies of the embedding) are listed in the report as ignored.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -34,8 +33,9 @@ import re
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save_file
 
+from jaxcl import paths
 from jaxcl.models import bert, gpt
 
 FAMILIES = ("gpt2", "llama", "bert")
@@ -309,9 +309,10 @@ def load_hf(model: nnx.Module, tensors: dict, files: tuple[str, ...] = ()) -> Lo
 
 
 def read_checkpoint(path: str) -> tuple[dict, dict | None, tuple[str, ...]]:
-  """(tensors, HF config or None, files) from a `.safetensors` file or a directory of them."""
-  if os.path.isdir(path):
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+  """(tensors, HF config or None, files) from a `.safetensors` file or a directory of them
+  (local or gs://)."""
+  if paths.path(path).is_dir():
+    files = paths.glob(f"{path.rstrip('/')}/*.safetensors")
     directory = path
   else:
     files, directory = [path], os.path.dirname(path)
@@ -319,12 +320,9 @@ def read_checkpoint(path: str) -> tuple[dict, dict | None, tuple[str, ...]]:
     raise FileNotFoundError(f"no .safetensors file in {path}")
   tensors = {}
   for f in files:
-    tensors.update(load_file(f))
-  config_path = os.path.join(directory, "config.json")
-  hf_config = None
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      hf_config = json.load(f)
+    tensors.update(load(paths.path(f).read_bytes()))
+  config_path = paths.path(os.path.join(directory, "config.json"))
+  hf_config = json.loads(config_path.read_text()) if config_path.exists() else None
   return tensors, hf_config, tuple(files)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import ast
 import functools
-import glob
 import inspect
 import os
 import sysconfig
 import tokenize
+
+from jaxcl import paths
 
 # Directories never read: test suites, IDLE and demos, installed packages, codec tables and
 # the generated pydoc topics (prose, read through its import instead).
@@ -121,17 +122,11 @@ def pydoc_topics() -> list[tuple[str, str]]:
 
 
 def glob_documents(pattern: str) -> list[tuple[str, str]]:
-  """(path, text) for every file matching `pattern` (recursive `**`), sorted by path."""
-  paths = sorted(
-    p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)
-  )
-  if not paths:
+  """(path, text) for every file matching `pattern` (`paths.glob`: local or gs://), sorted."""
+  files = [p for p in paths.glob(pattern) if paths.path(p).is_file()]
+  if not files:
     raise FileNotFoundError(f"no file matches glob:{pattern}")
-  out = []
-  for p in paths:
-    with open(p, encoding="utf-8", errors="replace") as f:
-      out.append((p, f.read()))
-  return out
+  return [(p, paths.path(p).read_bytes().decode("utf-8", errors="replace")) for p in files]
 
 
 def tfds_documents(name: str, *, split: str, text_key: str, data_dir: str = "") -> list:

@@ -18,9 +18,7 @@ tokens (jaxcl/data/text/packing.py). Source specs (offline; DESIGN.md §5):
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -28,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxcl import paths
 from jaxcl.data import pipeline
 from jaxcl.data.text import corpora
 from jaxcl.data.text.packing import (
@@ -92,10 +91,10 @@ def load_domain(
   """
   kind, _, arg = spec.partition(":")
   if kind == "arrayrecord":
-    paths = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
-    if not paths:
+    files = paths.glob(arg)
+    if not files:
       raise FileNotFoundError(f"no ArrayRecord file matches {arg!r}")
-    source = grain.sources.ArrayRecordDataSource(paths)
+    source = grain.sources.ArrayRecordDataSource(files)
     lengths = record_lengths(source, record_dtype)
     ids = range(len(lengths))
     pieces = lambda keep: Records(
@@ -103,7 +102,7 @@ def load_domain(
     )
   else:
     if kind == "bin" or spec.endswith(".bin"):
-      tokens = np.memmap(os.path.expanduser(arg or spec), dtype=bin_dtype, mode="r")
+      tokens = np.memmap(paths.local_copy(arg or spec), dtype=bin_dtype, mode="r")
       bounds = bin_bounds(tokens, tokenizer.eos_id)
       ids = range(len(bounds) - 1)
     else:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxcl import paths
+
 # Byte tokenizer ids: 0..255 are the UTF-8 bytes.
 EOS_ID, PAD_ID, MASK_ID = 256, 257, 258  # document separator / padding / masked-LM input
 BYTE_VOCAB_SIZE = 259
@@ -66,7 +68,7 @@ class HFTokenizer(_Subword):
   """A HuggingFace `tokenizers` JSON file; EOS/PAD/MASK are found by their usual names."""
 
   def __init__(self, path: str):
-    self._tok = _require("tokenizers", path).Tokenizer.from_file(path)
+    self._tok = _require("tokenizers", path).Tokenizer.from_file(paths.local_copy(path))
     find = lambda names: next((i for i in map(self._tok.token_to_id, names) if i is not None), None)
     self._set_specials(
       self._tok.get_vocab_size(with_added_tokens=True),
@@ -82,7 +84,8 @@ class SentencePieceTokenizer(_Subword):
   """A sentencepiece `.model`: its eos/pad ids, and `<mask>`/`[MASK]` when it has one."""
 
   def __init__(self, path: str):
-    self._sp = sp = _require("sentencepiece", path).SentencePieceProcessor(model_file=path)
+    module = _require("sentencepiece", path)
+    self._sp = sp = module.SentencePieceProcessor(model_file=paths.local_copy(path))
     own = lambda i: i if i >= 0 else None  # sentencepiece reports a disabled special as -1
     mask = next(
       (i for i in map(sp.piece_to_id, _MASK_NAMES) if sp.id_to_piece(i) in _MASK_NAMES), None
