@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcl import config_lib, methods
-from jaxcl.engine import optim
+from jaxcl import config_lib, methods, optim
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
 

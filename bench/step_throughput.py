@@ -54,11 +54,11 @@ import learner
 import numpy as np
 from flax import nnx
 
-from jaxcl import config_lib
+from jaxcl import config_lib, optim
 from jaxcl.data import text
-from jaxcl.engine import optim, throughput
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
+from jaxcl.engine import throughput
 from jaxcl.lm import models, objectives, schedules
 from jaxcl.models import gpt
 

@@ -13,12 +13,12 @@ from typing import Any, NamedTuple
 
 from flax import nnx
 
-from jaxcl import checkpoint, config_lib, methods, sharding
+from jaxcl import checkpoint, config_lib, methods, optim, sharding
 from jaxcl.cil import evaluate
 from jaxcl.cil import run as cil_run
 from jaxcl.data import benchmark
-from jaxcl.engine import optim, step
 from jaxcl.engine import state as state_lib
+from jaxcl.engine import step
 from jaxcl.lm import run as lm_run
 
 THREE_TASKS = {"data.num_classes": 6}  # overrides: the smoke presets' 2 classes per task, 3 tasks

@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 from helpers import THREE_TASKS, load_config, shared_run
 
-from jaxcl import methods
+from jaxcl import methods, optim
 from jaxcl.data.transforms import scale_images
-from jaxcl.engine import optim, step
 from jaxcl.engine import state as state_lib
+from jaxcl.engine import step
 from jaxcl.methods import base, coda_prompt, dualprompt, prompts
 
 # Keys and queries with cosines that are easy to write down.

@@ -15,9 +15,8 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from jaxcl import main, methods, sharding
+from jaxcl import main, methods, optim, sharding
 from jaxcl.data import pipeline
-from jaxcl.engine import optim
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
 from jaxcl.lm import models, objectives

@@ -12,8 +12,7 @@ import pytest
 from flax import nnx
 from helpers import THREE_TASKS, load_config, shared_run
 
-from jaxcl import methods
-from jaxcl.engine import optim
+from jaxcl import methods, optim
 from jaxcl.engine import state as state_lib
 from jaxcl.methods import base, ovor, slca, vor
 from jaxcl.models import vit

@@ -17,10 +17,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from jaxcl import methods, multihost, sharding, writers
+from jaxcl import methods, multihost, optim, sharding, writers
 from jaxcl.cil import evaluate
 from jaxcl.data import benchmark, pipeline
-from jaxcl.engine import loop, optim
+from jaxcl.engine import loop
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress

@@ -26,9 +26,9 @@ import optax
 from absl import logging
 from flax import nnx
 
-from jaxcl import metrics, sharding, writers
+from jaxcl import metrics, optim, sharding, writers
 from jaxcl.data import text
-from jaxcl.engine import loop, optim, throughput
+from jaxcl.engine import loop, throughput
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress

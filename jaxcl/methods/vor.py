@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcl.engine import optim as optim_lib
+from jaxcl import optim as optim_lib
 from jaxcl.methods import base
 
 
