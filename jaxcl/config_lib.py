@@ -88,6 +88,8 @@ def base_config() -> ConfigDict:
   c.train.steps_per_task = 0  # >0 overrides epochs
   c.train.log_every_steps = 50
   c.train.nan_policy = "stop"  # stop | skip
+  c.train.microbatches = 1  # gradient accumulation inside the step (jaxcl/engine/microbatch.py)
+  c.train.per_device_microbatch = 0  # >0: microbatches of this many rows per device instead
 
   c.eval = ConfigDict()
   c.eval.mask_unseen = True  # restrict predictions to seen classes (PILOT); False = l2p JAX
@@ -160,6 +162,9 @@ def cpt_base_config() -> ConfigDict:
   c.train.steps_per_domain = 200
   c.train.log_every_steps = 25
   c.train.nan_policy = "stop"
+  c.train.microbatches = 1  # gradient accumulation inside the step (jaxcl/engine/microbatch.py)
+  c.train.per_device_microbatch = 0  # >0: microbatches of this many rows per device instead
+  c.train.loss_chunk = 0  # lm: cross-entropy in chunks of this many positions (0 = whole)
   c.train.peak_tflops = 0.0  # per device, for MFU; 0 = measure a matmul on this device
   c.train.anneal_branch = False  # infinite/wsd: later domains resume from the pre-anneal state
 

@@ -42,6 +42,7 @@ from helpers import config_names, load_config
 
 from jaxcl import growth, methods
 from jaxcl.data import text
+from jaxcl.engine import microbatch
 from jaxcl.growth import msg
 from jaxcl.lm import models, objectives
 from jaxcl.methods import base
@@ -155,7 +156,9 @@ def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
   seq_len = config.data.seq_len
 
   def loss(model, x):
-    return objective.loss(model, {}, x, None)
+    value, aux = objective.loss(model, {}, x, None)
+    aux.pop(microbatch.WEIGHT)  # the accumulation weight (token count), reported since a60afed
+    return value, aux
 
   def example(rng):
     if config.train.objective == "lm":

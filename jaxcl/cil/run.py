@@ -20,7 +20,7 @@ from flax import nnx
 from jaxcl import methods, multihost, optim, sharding, writers
 from jaxcl.cil import evaluate
 from jaxcl.data import benchmark, pipeline
-from jaxcl.engine import loop
+from jaxcl.engine import loop, microbatch
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress
@@ -72,6 +72,12 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     tx,
     skip_nonfinite=config.train.nan_policy == "skip",
     clip_all=clip_all,
+    microbatches=microbatch.count(
+      data.batch_size,
+      sharding.batch_devices(r.mesh),
+      microbatches=config.train.microbatches,
+      per_device=config.train.per_device_microbatch,
+    ),
     **common,
   )
   eval_step = step_lib.make_eval_step(

@@ -10,6 +10,7 @@ event).
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Callable
 
 import jax
@@ -18,6 +19,7 @@ import optax
 from flax import nnx
 
 from jaxcl.data.transforms import scale_images
+from jaxcl.engine import microbatch
 from jaxcl.engine.state import LearnerState
 from jaxcl.methods.base import Ctx, mask_logits
 
@@ -26,6 +28,14 @@ Traces = collections.Counter  # step name -> number of traces, one counter per r
 
 def _ctx(state: LearnerState, rng: jax.Array) -> Ctx:
   return Ctx(state.task, state.seen, state.current, rng)
+
+
+def _on_mesh(batch_sharding):
+  """The batch's mesh as the tracing context: models constrain activations to its batch axes
+  (`gpt.batch_sharded`); nothing without a sharding."""
+  if batch_sharding is None:
+    return contextlib.nullcontext()
+  return jax.sharding.use_abstract_mesh(batch_sharding.mesh.abstract_mesh)
 
 
 def _scaled(batch: dict, scale: str) -> dict:
@@ -46,8 +56,12 @@ def make_train_step(
   batch_sharding,
   traces: Traces,
   clip_all: float = 0.0,
+  microbatches: int = 1,
 ) -> Callable:
   """`train_step(state, batch) -> (state, metrics)`; metrics stay on device.
+
+  `microbatches > 1` accumulates the gradient over that many pieces of the batch inside the
+  step (jaxcl/engine/microbatch.py) before the one optimizer update.
 
   `loss_fn(model, extra, batch, ctx) -> (loss [], aux dict)` is a method's loss or a pretraining
   objective's; the gradient is taken with respect to `state.params` (the trainable filter
@@ -64,19 +78,25 @@ def make_train_step(
     ctx = _ctx(state, jax.random.fold_in(state.rng, state.step))
     batch = _scaled(batch, scale)
 
-    def params_loss(params, frozen):
+    def params_loss(params, frozen, batch):
       model = nnx.merge(graphdef, params, frozen)
       return loss_fn(model, state.extra, batch, ctx)
 
+    grad_fn = jax.value_and_grad(params_loss, argnums=(0, 1) if clip_all > 0 else 0, has_aux=True)
+    with _on_mesh(batch_sharding):
+      (loss, aux), grads = microbatch.accumulate(
+        lambda both, b: grad_fn(*both, b),
+        (state.params, state.frozen),
+        batch,
+        microbatches,
+        batch_sharding,
+      )
+    aux.pop(microbatch.WEIGHT, None)
     if clip_all > 0:
-      grad_fn = jax.value_and_grad(params_loss, argnums=(0, 1), has_aux=True)
-      (loss, aux), (grads, frozen_grads) = grad_fn(state.params, state.frozen)
+      grads, frozen_grads = grads
       norm = optax.tree.norm((grads, frozen_grads))
       factor = jnp.minimum(1.0, clip_all / (norm + 1e-6))  # l2 train_continual.py
       grads = jax.tree.map(lambda g: g * factor, grads)
-    else:
-      grad_fn = jax.value_and_grad(params_loss, has_aux=True)
-      (loss, aux), grads = grad_fn(state.params, state.frozen)
     extra = aux.pop("extra", state.extra)
     updates, opt = tx.update(grads, state.opt, state.params)
     new = state.replace(
@@ -189,7 +209,8 @@ def make_loss_step(
 
   def loss_step(state: LearnerState, batch: dict):
     traces["loss_eval"] += 1
-    return fn(nnx.merge(graphdef, state.params, state.frozen), batch)
+    with _on_mesh(batch_sharding):
+      return fn(nnx.merge(graphdef, state.params, state.frozen), batch)
 
   repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
   return jax.jit(loss_step, in_shardings=(state_sharding, batch_sharding), out_shardings=repl)

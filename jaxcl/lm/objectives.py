@@ -6,7 +6,9 @@ Each objective is a `loss(model, extra, batch, ctx)` that the engine's train ste
 evaluation rows and uneven batches stay exact.
 
 - `lm`: causal language modelling (Radford et al. 2019): batch `tokens` int32 [B, T+1]; the
-  model reads tokens[:, :-1] and predicts tokens[:, 1:].
+  model reads tokens[:, :-1] and predicts tokens[:, 1:]. With `chunk` > 0 the cross-entropy
+  runs over chunks of that many positions and the full logits never materialise
+  (jaxcl/lm/chunked_loss.py).
 - `mlm`: masked language modelling (Devlin et al. 2019): batch `tokens` [B, T] with the
   masked input, `targets` [B, T] and `target_mask` bool [B, T] (the 15% chosen positions).
 """
@@ -19,6 +21,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxcl.engine import microbatch
+from jaxcl.lm import chunked_loss
 
 
 class Objective(NamedTuple):
@@ -33,17 +38,22 @@ def _row_mask(batch: dict, shape: tuple[int, ...]) -> jax.Array:
   return ones if rows is None else ones * rows[:, None].astype(jnp.float32)
 
 
-def lm_token_losses(model, batch: dict) -> tuple[jax.Array, jax.Array]:
+def lm_token_losses(model, batch: dict, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
   """Per-token cross-entropy [B, T] and weights [B, T] for next-token prediction."""
   tokens = batch["tokens"]  # [B, T+1]
-  logits = model(tokens[:, :-1])  # [B, T, V]
   targets = tokens[:, 1:]  # [B, T]
+  if chunk:
+    hidden = model.hidden(tokens[:, :-1])  # [B, T, D]
+    losses = chunked_loss.token_losses(hidden, model.unembedding(), targets, chunk)
+    return losses, _row_mask(batch, targets.shape)
+  logits = model(tokens[:, :-1])  # [B, T, V]
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   return losses, _row_mask(batch, targets.shape)
 
 
-def mlm_token_losses(model, batch: dict) -> tuple[jax.Array, jax.Array]:
+def mlm_token_losses(model, batch: dict, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
   """Per-token cross-entropy [B, T] on the masked positions only (weights 0 elsewhere)."""
+  del chunk  # the BERT head is computed whole
   _, logits = model(batch["tokens"])  # hidden [B, T, D], logits [B, T, V]
   losses = optax.softmax_cross_entropy_with_integer_labels(
     logits.astype(jnp.float32), batch["targets"]
@@ -52,19 +62,21 @@ def mlm_token_losses(model, batch: dict) -> tuple[jax.Array, jax.Array]:
   return losses, weights
 
 
-def make(name: str) -> Objective:
-  """The objective `name`: lm | mlm."""
+def make(name: str, *, chunk: int = 0) -> Objective:
+  """The objective `name`: lm | mlm; `chunk` positions per cross-entropy chunk (lm; 0 = all
+  logits at once). The loss reports its token count as the microbatch weight."""
   token_losses = {"lm": lm_token_losses, "mlm": mlm_token_losses}.get(name)
   if token_losses is None:
     raise ValueError(f"train.objective={name!r}: use lm | mlm")
 
   def loss(model, extra, batch, ctx):
     del extra, ctx
-    losses, weights = token_losses(model, batch)
-    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0), {}
+    losses, weights = token_losses(model, batch, chunk)
+    total = weights.sum()
+    return (losses * weights).sum() / jnp.maximum(total, 1.0), {microbatch.WEIGHT: total}
 
   def loss_sums(model, batch):
-    losses, weights = token_losses(model, batch)
+    losses, weights = token_losses(model, batch, chunk)
     return {"loss_sum": (losses * weights).sum(), "tokens": weights.sum()}
 
   return Objective(loss, loss_sums)

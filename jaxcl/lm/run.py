@@ -28,7 +28,7 @@ from flax import nnx
 
 from jaxcl import metrics, optim, sharding, writers
 from jaxcl.data import text
-from jaxcl.engine import loop, throughput
+from jaxcl.engine import loop, microbatch, throughput
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress
@@ -106,7 +106,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   steps = [int(config.train.steps_per_domain)] * len(names)
   schedule = growth_events.rewarm(config.growth, schedules.make(config, steps))
   tx = optim.make_optimizer(config.optim, schedule)
-  objective = objectives.make(config.train.objective)
+  objective = objectives.make(config.train.objective, chunk=config.train.loss_chunk)
   model = models.build(config, tokenizer.vocab_size, nnx.Rngs(config.seed))
   plan = growth_events.GrowthPlan(config, model.config, objective.loss, tx, len(names))
   # `seen` / `current` mark domains here (trained so far / being trained).
@@ -115,6 +115,12 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   rows = replay.from_config(config, train_sources, 0, sharding=batch_sh).plan.rows
   sharding.check_batch(rows, r.mesh, "data.batch_size plus replay rows")
   tokens_per_step = rows * data.seq_len
+  microbatches = microbatch.count(
+    rows,
+    sharding.batch_devices(r.mesh),
+    microbatches=config.train.microbatches,
+    per_device=config.train.per_device_microbatch,
+  )
   peak = throughput.peak_flops(config.train.peak_tflops, jax.device_count())
   # Infinite / WSD schedules with `train.anneal_branch`: the anneal of a domain is a branch
   # (evaluated, then dropped); the next domain resumes the state from before it (Ibrahim et
@@ -139,6 +145,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
       scale="none",
       skip_nonfinite=config.train.nan_policy == "skip",
       batch_sharding=batch_sh,
+      microbatches=microbatches,
       **on,
     )
     other = ShapeSteps(

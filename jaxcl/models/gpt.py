@@ -128,6 +128,18 @@ def config_for(name: str, **overrides) -> Config:
   return Config(**{**PRESETS[name], **overrides})
 
 
+def batch_sharded(x):
+  """x [B, ...] split over the batch axes ("data", "fsdp") of the mesh the step traces under
+  (jaxcl/engine/step.py), a no-op without one. MaxText constrains activations the same way
+  (`activation_batch`): without it, XLA follows the FSDP-sharded weights and shards activations
+  along the model dimension instead, so every chip computes attention for the global batch."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a in ("data", "fsdp") if not mesh.empty and a in mesh.axis_names)
+  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes))
+
+
 class Block(nnx.Module):
   """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -168,9 +180,10 @@ class Block(nnx.Module):
   def __call__(self, x, mask, rope, masks: dict | None = None, layer_mask=None):
     """x [B, T, D] -> [B, T, D]; under MSG masks (`GPT.masks`) x + c (block(x) - x), where
     c = `layer_mask` and block(x) has its hidden, head and FFN units masked."""
+    x = batch_sharded(x)
     if masks is None:
       x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope)
-      return x + self.mlp(self.mlp_norm(x))
+      return x + self.mlp(self.mlp_norm(batch_sharded(x)))
     m = masks["hidden"].astype(x.dtype)  # [D]
     h = _masked_norm(self.attn_norm, x, m)
     heads = dict(head_mask=masks["heads"], kv_head_mask=masks["kv_heads"])
@@ -269,12 +282,19 @@ class GPT(nnx.Module):
 
   def __call__(self, tokens):
     """Next-token logits: tokens [B, T] int -> [B, T, V] float32; T <= config.seq_len."""
+    w = self.unembedding().astype(jnp.dtype(self.config.dtype))  # [D, V]
+    return jnp.einsum("btd,dv->btv", self.hidden(tokens), w, preferred_element_type=jnp.float32)
+
+  def hidden(self, tokens):
+    """The final-norm output [B, T, D] (compute dtype) that the unembedding maps to logits; a
+    loss can take it with `unembedding()` and never hold all logits (jaxcl/lm/chunked_loss.py).
+    """
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     t = tokens.shape[1]
     if t > cfg.seq_len:
       raise ValueError(f"sequence of {t} tokens is longer than seq_len={cfg.seq_len}")
-    x = self.embed(tokens)  # [B, T, D]
+    x = batch_sharded(self.embed(tokens))  # [B, T, D]
     rope = None
     if cfg.style == "gpt2":
       x = x + self.pos_embed.embedding[:t].astype(dtype)  # [B, T, D]
@@ -292,15 +312,15 @@ class GPT(nnx.Module):
         per_layer=masks["layers"],
         remat=cfg.remat,
       )
-      x = _masked_norm(self.final_norm, x, masks["hidden"])  # [B, T, D]
-    else:
-      x = layers.apply_layers(self.blocks, x, layers.causal_mask(t), rope, remat=cfg.remat)
-      x = self.final_norm(x)  # [B, T, D]
-    if cfg.tie_embeddings:
-      w = self.embed.embedding[...].astype(dtype)  # [V, D]
-      return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)
-    w = self.lm_head.kernel[...].astype(dtype)  # [D, V]
-    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+      return _masked_norm(self.final_norm, x, masks["hidden"])  # [B, T, D]
+    x = layers.apply_layers(self.blocks, x, layers.causal_mask(t), rope, remat=cfg.remat)
+    return self.final_norm(x)  # [B, T, D]
+
+  def unembedding(self):
+    """The output projection [D, V] (float32 parameters; the tied embedding transposed)."""
+    if self.config.tie_embeddings:
+      return self.embed.embedding[...].T
+    return self.lm_head.kernel[...]
 
 
 def _matmul_params_per_layer(cfg: Config) -> int:
