@@ -148,7 +148,7 @@ def test_no_frozen_variable_is_in_the_trainable_set(name):
 def test_train_step_compiles_once_over_three_tasks(name):
   method = _learner(name).method
   results, _ = shared_run(_config_name(name), **RUN)
-  assert results["num_tasks"] == (1 if method.joint else 3)
+  assert results["num_tasks"] == (1 if method.single_task else 3)
   compiles = 1 if method.loss is not None else 0
   assert results["train_compiles"] == results["traces"].get("train", 0) == compiles
 
