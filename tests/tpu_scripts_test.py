@@ -21,6 +21,8 @@ import time
 import pytest
 from helpers import ROOT
 
+from jaxcl import checkpoint
+
 TPU = os.path.join(ROOT, "tpu")
 SCRIPTS = sorted(os.path.join(TPU, f) for f in os.listdir(TPU) if f.endswith((".sh", ".sbatch")))
 
@@ -340,8 +342,10 @@ def test_slurm_job_saves_on_sigterm_exits_75_requeues_and_resumes(tmp_path):
   assert code == 75, log[-3000:]
   assert "requeueing job 123" in log
   assert ["scontrol", "requeue", "123"] in _calls(tmp_path)
-  saved = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-  assert 2 <= saved < 40 + 2  # saved mid-run, before the end of the first task
+  ckpt = checkpoint.Checkpointer(str(ckpt_dir))
+  saved = ckpt.read_meta(max(ckpt.steps()))["step"]  # checkpoint ids are a save counter
+  ckpt.close()
+  assert 2 <= saved < 40  # saved mid-run, before the end of the first task
   # The requeued job: the same batch script, same arguments.
   done = subprocess.run(job, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
