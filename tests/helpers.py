@@ -122,19 +122,26 @@ def run_tasks(config, workdir) -> dict:
   return {**results, "traces": {k: n for k, n in traces.items() if n}}
 
 
-def shared_run(name: str, **overrides) -> tuple[dict, str]:
-  """(results, workdir) of `run_tasks` on configs/<name>.py:smoke with `overrides`, made once per
-  test session and read by every test that asks for the same run (xdist workers included: the
-  first one makes it under a file lock, the others wait and read it). Treat it as read-only."""
-  key = ",".join([name, *(f"{k}={v}" for k, v in sorted(overrides.items()))])
+def made_once(key: str, make: Callable[[str], Any]) -> tuple[Any, str]:
+  """(what `make(workdir)` returned, workdir) for a directory under the session's shared runs,
+  made once per test session: xdist workers included, the first one makes it under a file lock,
+  the others wait and read what it returned (JSON). Treat the directory as read-only."""
   workdir = os.path.join(os.environ["JAXCL_TEST_RUNS"], key)
-  done = os.path.join(workdir, "shared_run.json")
+  done = os.path.join(workdir, "made_once.json")
   with open(f"{workdir}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not os.path.exists(done):
       shutil.rmtree(workdir, ignore_errors=True)
-      results = run_tasks(load_config(name, "smoke", **overrides), workdir)
+      os.makedirs(workdir)
+      made = make(workdir)
       with open(done, "w") as f:
-        json.dump(results, f)
+        json.dump(made, f)
   with open(done) as f:
     return json.load(f), workdir
+
+
+def shared_run(name: str, **overrides) -> tuple[dict, str]:
+  """(results, workdir) of `run_tasks` on configs/<name>.py:smoke with `overrides`, made once per
+  test session and read by every test that asks for the same run (`made_once`)."""
+  key = ",".join([name, *(f"{k}={v}" for k, v in sorted(overrides.items()))])
+  return made_once(key, lambda workdir: run_tasks(load_config(name, "smoke", **overrides), workdir))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, cpu_env, load_config, main_command, run_tasks
+from helpers import ROOT, cpu_env, load_config, made_once, main_command, run_tasks
 
 from jaxcl import checkpoint
 from jaxcl.engine import loop, step
@@ -89,17 +90,16 @@ def _leaves(tree) -> dict:
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-  """straight_run(name, devices): the workdir of an uninterrupted run, made once per module."""
-  done = {}
+@pytest.fixture(scope="session")
+def straight_run():
+  """straight_run(name, devices): the workdir of an uninterrupted run, made once per test session
+  (across xdist workers: helpers.made_once)."""
 
   def get(name: str, devices: int):
-    if (name, devices) not in done:
-      workdir = tmp_path_factory.mktemp(f"straight-{name}-{devices}")
-      _run_to_end(name, workdir, devices)
-      done[name, devices] = workdir
-    return done[name, devices]
+    _, workdir = made_once(
+      f"straight-{name}-{devices}", lambda w: _run_to_end(name, w, devices).returncode
+    )
+    return pathlib.Path(workdir)
 
   return get
 
