@@ -136,6 +136,47 @@ def test_g_stack_copies_layer_l_mod_L_as_new_arrays():
   assert list(depth.stack_sources(2, 6)) == [0, 1, 0, 1, 0, 1]
 
 
+def test_aki_matches_the_papers_equations_on_a_hand_worked_case():
+  """bert2BERT §4.2 with D 2 -> 3, F 2 -> 3, tiled maps g = [0, 1, 0] (copies C = [2, 1]), L = 2:
+  W~^l = in-dim split of W^l; U^l[:, j] = W~^l[:, j] (old j), W~^(l+1)[:, g(j)] (new j); the
+  top layer is FPI; norms are copied."""
+  src_cfg = gpt.config_for("tiny", num_layers=2, width=2, num_heads=1, head_dim=2, mlp_dim=2)
+  dst_cfg = base.target_config(src_cfg, width=3, mlp_dim=3)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  src = {
+    "blocks": {
+      "mlp": {
+        "up": {"kernel": f32([[[1, 2], [3, 4]], [[5, 6], [7, 8]]])},  # [L, D, F]
+        "down": {"kernel": f32([[[1, 0], [0, 1]], [[2, 3], [4, 5]]])},  # [L, F, D]
+      },
+      "attn_norm": {"scale": f32([[1, 2], [3, 4]])},  # [L, D]
+    }
+  }
+  out = growth.get("aki").grow(src, None, src_cfg, dst_cfg, None)["blocks"]
+  up = [[[0.5, 1, 2.5], [3, 4, 7], [0.5, 1, 2.5]], [[2.5, 3, 2.5], [7, 8, 7], [2.5, 3, 2.5]]]
+  down = [[[0.5, 0, 1], [0, 1, 4], [0.5, 0, 1]], [[1, 1.5, 1], [4, 5, 4], [1, 1.5, 1]]]
+  np.testing.assert_allclose(out["mlp"]["up"]["kernel"], up, rtol=0, atol=0)
+  np.testing.assert_allclose(out["mlp"]["down"]["kernel"], down, rtol=0, atol=0)
+  np.testing.assert_allclose(out["attn_norm"]["scale"], [[1, 2, 1], [3, 4, 3]], rtol=0, atol=0)
+
+
+def test_bert2bert_random_map_and_depth_remainder_from_the_top():
+  assert list(width.stack_sources(4, 6)) == [0, 1, 2, 3, 2, 3]
+  assert list(width.stack_sources(2, 5)) == [0, 1, 0, 1, 1]
+  m = width.index_map(4, 12, "random", seed=3)
+  assert list(m[:4]) == [0, 1, 2, 3] and len(set(m[4:].tolist())) > 1
+  assert not np.array_equal(m, width.index_map(4, 12, "tiled"))
+  model = small("gpt2")  # 2 layers
+  big = growth.grow_model(growth.get("bert2bert"), model, dict(num_layers=3))
+  q_old = growth.params_of(model)["blocks"]["attn"]["query"]["kernel"]
+  q_new = growth.params_of(big)["blocks"]["attn"]["query"]["kernel"]
+  np.testing.assert_array_equal(q_new[2], q_old[1])  # the remainder is the top layer
+  random = growth.get("aki", index_map="random")
+  assert random.name == "aki"
+  with pytest.raises(ValueError, match="index_map"):
+    growth.get("g_stack", index_map="random")
+
+
 def test_fpi_split_rows_sum_to_the_old_weights():
   model = small("gpt2")
   big = growth.grow_model(growth.get("bert2bert"), model, WIDE)
@@ -293,6 +334,46 @@ def test_rewarm_restarts_the_learning_rate_after_each_event():
   cfg.rewarm_steps = 4
   lr = growth_events.rewarm(cfg, lambda t: 1.0 + 0.0 * jnp.asarray(t, jnp.float32))
   assert [float(lr(t)) for t in (9, 10, 11, 13, 20)] == [1.0, 0.25, 0.5, 1.0, 1.0]
+
+
+def _flat(t):
+  return 1.0 + 0.0 * jnp.asarray(t, jnp.float32)
+
+
+def test_restart_starts_a_new_cosine_at_the_lower_peak_after_each_event():
+  cfg = growth_events.default_config()
+  cfg.events = [dict(step=10, operator="g_stack", num_layers=4)]
+  cfg.lr_after, cfg.restart_lr, cfg.restart_warmup = "restart", 0.3, 4
+  lr = growth_events.lr_schedule(cfg, _flat, total_steps=30)
+  # before: the run's schedule; warmup 0 -> 0.3 over 4 steps, cosine to 0.03 at step 30
+  got = [float(lr(t)) for t in (9, 10, 12, 14, 22, 30)]
+  mid = 0.03 + 0.27 * 0.5 * (1 + np.cos(np.pi * 8 / 16))
+  np.testing.assert_allclose(got, [1.0, 0.0, 0.15, 0.3, mid, 0.03], rtol=1e-6, atol=1e-7)
+  cfg.events = [*cfg.events, dict(step=20, operator="g_stack", num_layers=8)]
+  lr = growth_events.lr_schedule(cfg, _flat, total_steps=30)
+  assert float(lr(20)) == 0.0 and float(lr(24)) == pytest.approx(0.3)  # restarted again
+  assert float(lr(30)) == pytest.approx(0.03)
+
+
+def test_rewind_jumps_back_to_the_schedules_peak_and_decays_the_same_way():
+  cfg = growth_events.default_config()
+  cfg.events = [dict(step=6, operator="msg", mlp_dim=64), dict(step=9, operator="msg", width=64)]
+  cfg.lr_after = "rewind"
+  base_lr = optax.warmup_cosine_decay_schedule(0.0, 1.0, 2, 20)  # peak at step 2
+  lr = growth_events.lr_schedule(cfg, base_lr, total_steps=20)
+  for t, want in [(5, base_lr(5)), (6, 1.0), (8, base_lr(4)), (9, 1.0), (12, base_lr(5))]:
+    assert float(lr(t)) == pytest.approx(float(want)), t
+
+
+def test_carry_keeps_the_runs_schedule():
+  cfg = growth_events.default_config()
+  cfg.events = [dict(step=10, operator="g_stack", num_layers=4)]
+  base_lr = optax.cosine_decay_schedule(1.0, 30)
+  lr = growth_events.lr_schedule(cfg, base_lr, total_steps=30)
+  assert [float(lr(t)) for t in (9, 10, 20)] == [float(base_lr(t)) for t in (9, 10, 20)]
+  cfg.lr_after = "restrat"
+  with pytest.raises(ValueError, match="lr_after"):
+    growth_events.lr_schedule(cfg, base_lr, total_steps=30)
 
 
 def test_growth_timing_guideline_reproduces_the_published_table():

@@ -39,11 +39,18 @@ OPERATORS = {
 }
 
 
-def get(name: str) -> base.GrowthOp:
-  """The operator `name` (see OPERATORS; "ligo" is trained, see jaxcl/growth/ligo.py)."""
+def get(name: str, index_map: str | None = None) -> base.GrowthOp:
+  """The operator `name` (see OPERATORS; "ligo" is trained, see jaxcl/growth/ligo.py); bert2BERT's
+  operators take an `index_map` (tiled | random, jaxcl/growth/width.py)."""
   if name not in OPERATORS:
     raise ValueError(f"unknown growth operator {name!r}: use one of {sorted(OPERATORS)}")
-  return OPERATORS[name]
+  if index_map is None:
+    return OPERATORS[name]
+  if name not in width.INDEX_MAPPED:
+    raise ValueError(
+      f"growth operator {name!r} takes no index_map: only {sorted(width.INDEX_MAPPED)}"
+    )
+  return width.INDEX_MAPPED[name](index_map)
 
 
 def build_model(cfg: base.ModelConfig, seed: int = 0) -> nnx.Module:
