@@ -56,7 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.restart_warmup = 0  # restart: warmup steps of the new cosine (prts: its base warmup, 3000)
   c.ramp_steps = 100  # MSG / G_random: steps for the masks to go from 0 to 1
   c.ligo_steps = 100  # LiGO: steps to train the growth operator (Wang et al. 2023: 100)
-  c.ligo_lr = 1e-3  # LiGO: Adam learning rate of the operator
+  c.ligo_optimizer = "sgd"  # LiGO: sgd (Wang et al. 2023 §4.1) | adam
+  c.ligo_lr = 1e-2  # LiGO: learning rate of the operator
   return c
 
 
@@ -164,6 +165,21 @@ class GrowthPlan:
       shape = {k: e[k] for k in SHAPE_KEYS if k in e}
       self.ops.append(op)
       self.cfgs.append(growth.target(op, self.cfgs[-1], shape))
+    self._check_masked_events()
+
+  def _check_masked_events(self):
+    """MSG grows one dimension per event (L, D, heads or F; Yao et al. 2024, `cofe-ai/MSG`
+    `available_to_grow`), and a ramp ends before the next event starts."""
+    for i, (e, op) in enumerate(zip(self.events, self.ops, strict=True)):
+      if not op.masked:
+        continue
+      a, b = base.dims(self.cfgs[i]), base.dims(self.cfgs[i + 1])
+      grown = [k for k in "LDHF" if a[k] != b[k]]
+      if len(grown) > 1:
+        raise ValueError(f"growth event {e}: MSG grows one dimension per event, not {grown}")
+      end = int(e["step"]) + int(e.get("ramp_steps", self.config.growth.ramp_steps))
+      if i + 1 < len(self.events) and int(self.events[i + 1]["step"]) <= end:
+        raise ValueError(f"growth event {self.events[i + 1]} starts before the ramp of {e} ends")
 
   def due(self, done: int, step: int) -> bool:
     """Whether the next event (after `done` applied) comes before the step after `step`."""
@@ -198,6 +214,7 @@ class GrowthPlan:
         batches,
         steps=steps,
         lr=self.config.growth.ligo_lr,
+        optimizer=self.config.growth.ligo_optimizer,
         seed=self.config.seed + i,
       )
     else:
