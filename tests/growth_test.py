@@ -18,7 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxcl import growth
+from jaxcl import config_lib, growth
 from jaxcl.growth import base, depth, ligo, msg, optimizer, timing, width
 from jaxcl.lm import growth_events
 from jaxcl.models import bert, gpt, text_loading
@@ -219,6 +219,51 @@ def test_msg_masks_ramp_and_change_the_function_only_during_the_ramp():
   np.testing.assert_allclose(logits(plain), logits(big), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])  # GELU; SwiGLU (both projections masked)
+def test_msg_ffn_mask_scales_the_new_units_pre_activations(kind):
+  """MSG's m_F multiplies x W_1 + b_1 before the activation (cofe-ai/MSG BertIntermediateEx),
+  so masking new units at c equals scaling their input projections by c with the mask at 1;
+  masking the activations instead (a60afed) does not."""
+  model = small(kind)
+  f = model.config.mlp_dim
+  big = growth.grow_model(growth.get("msg"), model, dict(mlp_dim=2 * f))
+  growth.set_masks(big, msg.set_ramp(big.masks.values(), 0.5))
+  scaled = jax.tree.map(lambda x: x, big)
+  growth.set_masks(scaled, msg.set_ramp(big.masks.values(), 1.0))
+  state = nnx.state(scaled, nnx.Param)
+  flat = base.flatten(base.stack_layers(nnx.to_pure_dict(state)))
+  for name in flat:
+    if name.startswith(("blocks.mlp.up.", "blocks.mlp.gate.")):  # [L, D, F] / [L, F]
+      flat[name] = flat[name].at[..., f:].multiply(0.5)
+  nnx.replace_by_pure_dict(state, base.unflatten(flat))
+  nnx.update(scaled, state)
+  np.testing.assert_allclose(logits(big), logits(scaled), atol=1e-5)
+  after = gpt.GPT(dataclasses.replace(big.config, ffn_mask_at="output"), rngs=nnx.Rngs(0))
+  nnx.update(after, nnx.state(big))
+  assert float(jnp.max(jnp.abs(logits(after) - logits(scaled)))) > 1e-3
+
+
+def test_msg_events_grow_one_dimension_each_and_ramps_do_not_overlap():
+  config = config_lib.cpt_base_config()
+  config.growth.ramp_steps = 5
+  cfg = gpt.config_for("tiny")
+  config.growth.events = [dict(step=3, operator="msg", width=64, mlp_dim=128)]
+  with pytest.raises(ValueError, match="one dimension"):
+    growth_events.GrowthPlan(config, cfg, None, None, 1)
+  config.growth.events = [
+    dict(step=3, operator="msg", width=64),
+    dict(step=8, operator="msg", mlp_dim=128),
+  ]
+  with pytest.raises(ValueError, match="before the ramp"):
+    growth_events.GrowthPlan(config, cfg, None, None, 1)
+  config.growth.events = [
+    dict(step=3, operator="msg", width=64),
+    dict(step=9, operator="msg", mlp_dim=128),
+  ]
+  plan = growth_events.GrowthPlan(config, cfg, None, None, 1)
+  assert [c.mlp_dim for c in plan.cfgs] == [cfg.mlp_dim, cfg.mlp_dim, 128]
+
+
 def test_masked_norm_is_the_norm_of_the_selected_coordinates():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8))
   m = jnp.asarray([1, 1, 0, 1, 0, 1, 1, 0], jnp.float32)
@@ -410,9 +455,39 @@ def test_ligo_starts_as_fpi_and_its_operator_trains():
   )
   trained, read = ligo.train(
     src, None, src_cfg, deep_cfg, loss_fn, batches, steps=30, lr=1e-2, seed=0
-  )
+  )  # SGD, the paper's optimizer
   assert read == 30 * tokens.size
   assert float(loss_fn(trained, {"tokens": tokens})) < float(start) - 0.05
+
+
+def test_ligo_is_the_papers_factored_map_with_per_layer_width_and_w_o_tied_to_b_v():
+  """W'_l = sum_j w[l, j] B_j W_j A_j^T (LiGO Eq. 4-6) with A^{Q,K,V} = B_emb, B^{Q,K,V}_j per
+  layer, A^O_j = B^V_j, B^O = B_emb; A = B n / n' on read axes (jaxcl's FPI-exact init)."""
+  model = small("gpt2")  # MHA: W_O reads V's features
+  src_cfg = model.config
+  dst_cfg = base.target_config(src_cfg, num_layers=3, **WIDE)
+  src = growth.params_of(model)
+  theta = ligo.init_operator(src, src_cfg, dst_cfg, jax.random.PRNGKey(0), noise=0.3)
+  w = jax.random.uniform(jax.random.PRNGKey(1), (3, 2))
+  theta["w"] = {k: w for k in theta["w"]}
+  b = theta["B"]
+  assert b["V"].shape == (2, 64, 32) and not np.allclose(b["V"][0], b["V"][1])  # per layer
+  out = base.flatten(ligo.expand(src, theta, src_cfg, dst_cfg))
+  flat = base.flatten(src)
+  read = lambda m: m * m.shape[1] / m.shape[0]
+  for j_weights, name, a, bb in [
+    ("blocks.attn.value.kernel", "V", lambda j: read(b["D"]), lambda j: b["V"][j]),
+    ("blocks.attn.out.kernel", "O", lambda j: read(b["V"][j]), lambda j: b["D"]),
+    ("blocks.mlp.down.kernel", "fc2", lambda j: read(b["F"][j]), lambda j: b["D"]),
+  ]:
+    old = flat[j_weights]  # [L, in..., out...]
+    n_in = {"V": 32, "O": 32, "fc2": 64}[name]
+    small_ = old.reshape(2, n_in, -1)
+    want = sum(
+      w[:, j, None, None] * (a(j) @ small_[j] @ bb(j).T)[None] for j in range(2)
+    )  # [L', in', out']
+    got = out[j_weights].reshape(3, want.shape[1], want.shape[2])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=j_weights)
 
 
 def test_target_config_keeps_the_head_size_and_the_gqa_group():
