@@ -4,9 +4,10 @@ One file per operator family, each operator a `base.GrowthOp` (a pure function o
 pytrees, documented as exactly function preserving or not):
 
   depth.py      g_stack, g_stack_interp (Du et al. 2024), g_zero_depth (exact)
-  width.py      bert2bert FPI (exact for integer ratios, tiled), aki, g_zero_width (exact, RMSNorm)
+  width.py      bert2bert FPI (exact for integer ratios, tiled; or random maps), aki,
+                g_zero_width (exact, RMSNorm)
   msg.py        msg / g_random: masked growth of L, D, H, F (exact at mask 0)
-  ligo.py       ligo: the learned linear growth operator (Wang et al. 2023)
+  ligo.py       ligo: the learned linear growth operator (Wang et al. 2023; per-layer width)
   optimizer.py  moments across growth (carry / reset)
   timing.py     G_stack's growth-timing guideline and the speedup measure
 
