@@ -1,13 +1,13 @@
 """LiGO (Wang et al., ICLR 2023): learn the linear map from the small model's weights to the
 large model's (width matrices B, depth mixing w) for a few steps, then train the large model.
 
-  python -m jaxcl.main --config=configs/growth_ligo.py --config.growth.ligo_steps=100
+  python -m jaxcl.main --config=configs/growth_ligo.py --config.growth.ligo_optimizer=adam
 
 Presets:
 - default: the text stream of configs/growth_stack.py; a 2 x 64 GPT-2-style model grown at
-  step 100 into the 4 x 128 `mini` GPT, the operator trained for 20 Adam steps (lr 1e-3) on
-  the training stream (those tokens and FLOPs are counted), moments carried. Minutes on a
-  2-core CPU.
+  step 100 into the 4 x 128 `mini` GPT, the operator (per-layer width matrices, W_O tied to
+  B^V, learned depth mixing) trained for the paper's 100 SGD steps (lr 1e-2) on the training
+  stream (those tokens and FLOPs are counted), moments carried. Minutes on a 2-core CPU.
 - smoke: seconds, for tests (tiny model, 1 x 16 -> 2 x 32 at step 3, 2 operator steps).
 """
 
@@ -22,7 +22,6 @@ def default(c):
   c.growth.events = [
     dict(step=100, operator="ligo", num_layers=4, width=128, num_heads=4, mlp_dim=512)
   ]
-  c.growth.ligo_steps = 20
 
 
 def smoke(c):

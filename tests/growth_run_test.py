@@ -21,25 +21,32 @@ EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function pres
 def test_growth_config_smoke_run(name, tmp_path):
   config = load_config(name, "smoke")
   results = run_tasks(config, tmp_path)
-  assert results["train_compiles"] == 1 + len(config.growth.events) == 2
-  (event,) = results["growth_events"]
-  assert set(event) >= {"step", "operator", "from", "to", "max_abs_logit_change"}
-  assert event["step"] == config.growth.events[0]["step"]
-  assert event["to"]["num_layers"] >= event["from"]["num_layers"]
-  if name in EXACT:
-    assert event["max_abs_logit_change"] < 1e-5
-  else:
-    assert event["max_abs_logit_change"] > 1e-3
+  events = results["growth_events"]
+  assert results["train_compiles"] == 1 + len(config.growth.events) == 1 + len(events)
+  for event, planned in zip(events, config.growth.events, strict=True):
+    assert set(event) >= {"step", "operator", "from", "to", "max_abs_logit_change"}
+    assert event["step"] == planned["step"]
+    assert event["to"]["num_layers"] >= event["from"]["num_layers"]
+    if name in EXACT:
+      assert event["max_abs_logit_change"] < 1e-5
+    else:
+      assert event["max_abs_logit_change"] > 1e-3
+  if name == "growth_msg":  # one dimension per event
+    grown = [
+      sum(e["from"][k] != e["to"][k] for k in e["from"] if k != "num_kv_heads") for e in events
+    ]
+    assert grown == [1] * len(events)
   flops = [p["flops"] for p in results["curve"]]
   assert all(b > a for a, b in zip(flops, flops[1:], strict=False))
   assert results["flops_seen"] == pytest.approx(flops[-1])
   assert np.isfinite(results["loss_matrix"]).all()
   written = json.loads((tmp_path / "results.json").read_text())
   assert written["growth_events"] == results["growth_events"]
-  # The smoke run exercises what the default preset runs: its operators and optimizer rule.
+  # The smoke run exercises what the default preset runs: its operators and optimizer rules.
   default = load_config(name, "default")
-  assert [e["operator"] for e in default.growth.events] == [event["operator"]]
+  assert {e["operator"] for e in default.growth.events} == {e["operator"] for e in events}
   assert default.growth.opt_state == config.growth.opt_state
+  assert default.growth.lr_after == config.growth.lr_after
 
 
 def _ckpt_steps(workdir) -> dict[int, int]:

@@ -18,7 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxcl import growth
+from jaxcl import config_lib, growth
 from jaxcl.growth import base, depth, ligo, msg, optimizer, timing, width
 from jaxcl.lm import growth_events
 from jaxcl.models import bert, gpt, text_loading
@@ -136,6 +136,47 @@ def test_g_stack_copies_layer_l_mod_L_as_new_arrays():
   assert list(depth.stack_sources(2, 6)) == [0, 1, 0, 1, 0, 1]
 
 
+def test_aki_matches_the_papers_equations_on_a_hand_worked_case():
+  """bert2BERT §4.2 with D 2 -> 3, F 2 -> 3, tiled maps g = [0, 1, 0] (copies C = [2, 1]), L = 2:
+  W~^l = in-dim split of W^l; U^l[:, j] = W~^l[:, j] (old j), W~^(l+1)[:, g(j)] (new j); the
+  top layer is FPI; norms are copied."""
+  src_cfg = gpt.config_for("tiny", num_layers=2, width=2, num_heads=1, head_dim=2, mlp_dim=2)
+  dst_cfg = base.target_config(src_cfg, width=3, mlp_dim=3)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  src = {
+    "blocks": {
+      "mlp": {
+        "up": {"kernel": f32([[[1, 2], [3, 4]], [[5, 6], [7, 8]]])},  # [L, D, F]
+        "down": {"kernel": f32([[[1, 0], [0, 1]], [[2, 3], [4, 5]]])},  # [L, F, D]
+      },
+      "attn_norm": {"scale": f32([[1, 2], [3, 4]])},  # [L, D]
+    }
+  }
+  out = growth.get("aki").grow(src, None, src_cfg, dst_cfg, None)["blocks"]
+  up = [[[0.5, 1, 2.5], [3, 4, 7], [0.5, 1, 2.5]], [[2.5, 3, 2.5], [7, 8, 7], [2.5, 3, 2.5]]]
+  down = [[[0.5, 0, 1], [0, 1, 4], [0.5, 0, 1]], [[1, 1.5, 1], [4, 5, 4], [1, 1.5, 1]]]
+  np.testing.assert_allclose(out["mlp"]["up"]["kernel"], up, rtol=0, atol=0)
+  np.testing.assert_allclose(out["mlp"]["down"]["kernel"], down, rtol=0, atol=0)
+  np.testing.assert_allclose(out["attn_norm"]["scale"], [[1, 2, 1], [3, 4, 3]], rtol=0, atol=0)
+
+
+def test_bert2bert_random_map_and_depth_remainder_from_the_top():
+  assert list(width.stack_sources(4, 6)) == [0, 1, 2, 3, 2, 3]
+  assert list(width.stack_sources(2, 5)) == [0, 1, 0, 1, 1]
+  m = width.index_map(4, 12, "random", seed=3)
+  assert list(m[:4]) == [0, 1, 2, 3] and len(set(m[4:].tolist())) > 1
+  assert not np.array_equal(m, width.index_map(4, 12, "tiled"))
+  model = small("gpt2")  # 2 layers
+  big = growth.grow_model(growth.get("bert2bert"), model, dict(num_layers=3))
+  q_old = growth.params_of(model)["blocks"]["attn"]["query"]["kernel"]
+  q_new = growth.params_of(big)["blocks"]["attn"]["query"]["kernel"]
+  np.testing.assert_array_equal(q_new[2], q_old[1])  # the remainder is the top layer
+  random = growth.get("aki", index_map="random")
+  assert random.name == "aki"
+  with pytest.raises(ValueError, match="index_map"):
+    growth.get("g_stack", index_map="random")
+
+
 def test_fpi_split_rows_sum_to_the_old_weights():
   model = small("gpt2")
   big = growth.grow_model(growth.get("bert2bert"), model, WIDE)
@@ -176,6 +217,51 @@ def test_msg_masks_ramp_and_change_the_function_only_during_the_ramp():
   plain = gpt.GPT(dataclasses.replace(big.config, growth_masks=False), rngs=nnx.Rngs(0))
   nnx.update(plain, nnx.state(big, nnx.Param))
   np.testing.assert_allclose(logits(plain), logits(big), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])  # GELU; SwiGLU (both projections masked)
+def test_msg_ffn_mask_scales_the_new_units_pre_activations(kind):
+  """MSG's m_F multiplies x W_1 + b_1 before the activation (cofe-ai/MSG BertIntermediateEx),
+  so masking new units at c equals scaling their input projections by c with the mask at 1;
+  masking the activations instead (a60afed) does not."""
+  model = small(kind)
+  f = model.config.mlp_dim
+  big = growth.grow_model(growth.get("msg"), model, dict(mlp_dim=2 * f))
+  growth.set_masks(big, msg.set_ramp(big.masks.values(), 0.5))
+  scaled = jax.tree.map(lambda x: x, big)
+  growth.set_masks(scaled, msg.set_ramp(big.masks.values(), 1.0))
+  state = nnx.state(scaled, nnx.Param)
+  flat = base.flatten(base.stack_layers(nnx.to_pure_dict(state)))
+  for name in flat:
+    if name.startswith(("blocks.mlp.up.", "blocks.mlp.gate.")):  # [L, D, F] / [L, F]
+      flat[name] = flat[name].at[..., f:].multiply(0.5)
+  nnx.replace_by_pure_dict(state, base.unflatten(flat))
+  nnx.update(scaled, state)
+  np.testing.assert_allclose(logits(big), logits(scaled), atol=1e-5)
+  after = gpt.GPT(dataclasses.replace(big.config, ffn_mask_at="output"), rngs=nnx.Rngs(0))
+  nnx.update(after, nnx.state(big))
+  assert float(jnp.max(jnp.abs(logits(after) - logits(scaled)))) > 1e-3
+
+
+def test_msg_events_grow_one_dimension_each_and_ramps_do_not_overlap():
+  config = config_lib.cpt_base_config()
+  config.growth.ramp_steps = 5
+  cfg = gpt.config_for("tiny")
+  config.growth.events = [dict(step=3, operator="msg", width=64, mlp_dim=128)]
+  with pytest.raises(ValueError, match="one dimension"):
+    growth_events.GrowthPlan(config, cfg, None, None, 1)
+  config.growth.events = [
+    dict(step=3, operator="msg", width=64),
+    dict(step=8, operator="msg", mlp_dim=128),
+  ]
+  with pytest.raises(ValueError, match="before the ramp"):
+    growth_events.GrowthPlan(config, cfg, None, None, 1)
+  config.growth.events = [
+    dict(step=3, operator="msg", width=64),
+    dict(step=9, operator="msg", mlp_dim=128),
+  ]
+  plan = growth_events.GrowthPlan(config, cfg, None, None, 1)
+  assert [c.mlp_dim for c in plan.cfgs] == [cfg.mlp_dim, cfg.mlp_dim, 128]
 
 
 def test_masked_norm_is_the_norm_of_the_selected_coordinates():
@@ -295,6 +381,46 @@ def test_rewarm_restarts_the_learning_rate_after_each_event():
   assert [float(lr(t)) for t in (9, 10, 11, 13, 20)] == [1.0, 0.25, 0.5, 1.0, 1.0]
 
 
+def _flat(t):
+  return 1.0 + 0.0 * jnp.asarray(t, jnp.float32)
+
+
+def test_restart_starts_a_new_cosine_at_the_lower_peak_after_each_event():
+  cfg = growth_events.default_config()
+  cfg.events = [dict(step=10, operator="g_stack", num_layers=4)]
+  cfg.lr_after, cfg.restart_lr, cfg.restart_warmup = "restart", 0.3, 4
+  lr = growth_events.lr_schedule(cfg, _flat, total_steps=30)
+  # before: the run's schedule; warmup 0 -> 0.3 over 4 steps, cosine to 0.03 at step 30
+  got = [float(lr(t)) for t in (9, 10, 12, 14, 22, 30)]
+  mid = 0.03 + 0.27 * 0.5 * (1 + np.cos(np.pi * 8 / 16))
+  np.testing.assert_allclose(got, [1.0, 0.0, 0.15, 0.3, mid, 0.03], rtol=1e-6, atol=1e-7)
+  cfg.events = [*cfg.events, dict(step=20, operator="g_stack", num_layers=8)]
+  lr = growth_events.lr_schedule(cfg, _flat, total_steps=30)
+  assert float(lr(20)) == 0.0 and float(lr(24)) == pytest.approx(0.3)  # restarted again
+  assert float(lr(30)) == pytest.approx(0.03)
+
+
+def test_rewind_jumps_back_to_the_schedules_peak_and_decays_the_same_way():
+  cfg = growth_events.default_config()
+  cfg.events = [dict(step=6, operator="msg", mlp_dim=64), dict(step=9, operator="msg", width=64)]
+  cfg.lr_after = "rewind"
+  base_lr = optax.warmup_cosine_decay_schedule(0.0, 1.0, 2, 20)  # peak at step 2
+  lr = growth_events.lr_schedule(cfg, base_lr, total_steps=20)
+  for t, want in [(5, base_lr(5)), (6, 1.0), (8, base_lr(4)), (9, 1.0), (12, base_lr(5))]:
+    assert float(lr(t)) == pytest.approx(float(want)), t
+
+
+def test_carry_keeps_the_runs_schedule():
+  cfg = growth_events.default_config()
+  cfg.events = [dict(step=10, operator="g_stack", num_layers=4)]
+  base_lr = optax.cosine_decay_schedule(1.0, 30)
+  lr = growth_events.lr_schedule(cfg, base_lr, total_steps=30)
+  assert [float(lr(t)) for t in (9, 10, 20)] == [float(base_lr(t)) for t in (9, 10, 20)]
+  cfg.lr_after = "restrat"
+  with pytest.raises(ValueError, match="lr_after"):
+    growth_events.lr_schedule(cfg, base_lr, total_steps=30)
+
+
 def test_growth_timing_guideline_reproduces_the_published_table():
   for name, n, d, published in timing.PUBLISHED:
     assert timing.growth_tokens(n, d) == pytest.approx(published, rel=5e-3), name
@@ -329,9 +455,39 @@ def test_ligo_starts_as_fpi_and_its_operator_trains():
   )
   trained, read = ligo.train(
     src, None, src_cfg, deep_cfg, loss_fn, batches, steps=30, lr=1e-2, seed=0
-  )
+  )  # SGD, the paper's optimizer
   assert read == 30 * tokens.size
   assert float(loss_fn(trained, {"tokens": tokens})) < float(start) - 0.05
+
+
+def test_ligo_is_the_papers_factored_map_with_per_layer_width_and_w_o_tied_to_b_v():
+  """W'_l = sum_j w[l, j] B_j W_j A_j^T (LiGO Eq. 4-6) with A^{Q,K,V} = B_emb, B^{Q,K,V}_j per
+  layer, A^O_j = B^V_j, B^O = B_emb; A = B n / n' on read axes (jaxcl's FPI-exact init)."""
+  model = small("gpt2")  # MHA: W_O reads V's features
+  src_cfg = model.config
+  dst_cfg = base.target_config(src_cfg, num_layers=3, **WIDE)
+  src = growth.params_of(model)
+  theta = ligo.init_operator(src, src_cfg, dst_cfg, jax.random.PRNGKey(0), noise=0.3)
+  w = jax.random.uniform(jax.random.PRNGKey(1), (3, 2))
+  theta["w"] = {k: w for k in theta["w"]}
+  b = theta["B"]
+  assert b["V"].shape == (2, 64, 32) and not np.allclose(b["V"][0], b["V"][1])  # per layer
+  out = base.flatten(ligo.expand(src, theta, src_cfg, dst_cfg))
+  flat = base.flatten(src)
+  read = lambda m: m * m.shape[1] / m.shape[0]
+  for j_weights, name, a, bb in [
+    ("blocks.attn.value.kernel", "V", lambda j: read(b["D"]), lambda j: b["V"][j]),
+    ("blocks.attn.out.kernel", "O", lambda j: read(b["V"][j]), lambda j: b["D"]),
+    ("blocks.mlp.down.kernel", "fc2", lambda j: read(b["F"][j]), lambda j: b["D"]),
+  ]:
+    old = flat[j_weights]  # [L, in..., out...]
+    n_in = {"V": 32, "O": 32, "fc2": 64}[name]
+    small_ = old.reshape(2, n_in, -1)
+    want = sum(
+      w[:, j, None, None] * (a(j) @ small_[j] @ bb(j).T)[None] for j in range(2)
+    )  # [L', in', out']
+    got = out[j_weights].reshape(3, want.shape[1], want.shape[2])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=j_weights)
 
 
 def test_target_config_keeps_the_head_size_and_the_gqa_group():

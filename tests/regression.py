@@ -28,6 +28,7 @@ Keys of the npz are "<case>/<section>/<path>":
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -60,7 +61,15 @@ LM_CASES = {
   "gpt": ("cpt", {}),
   "gpt_llama": ("cpt", {"model.preset": "tiny_llama"}),  # RMSNorm, RoPE, GQA, SwiGLU
   "bert": ("cpt", {"train.objective": "mlm"}),
-  "msg": ("growth_msg", {}),  # the grown model of the smoke's event, masks at MSG_RAMP
+  # the grown model of a60afed's smoke event (all dimensions at once), masks at MSG_RAMP
+  "msg": (
+    "growth_msg",
+    {
+      "growth.events": [
+        dict(step=3, operator="msg", num_layers=2, width=32, num_heads=4, mlp_dim=64)
+      ]
+    },
+  ),
 }
 
 
@@ -147,6 +156,8 @@ def lm_case(config_name: str, overrides: dict, abstract: bool = False) -> Case:
     del event["step"]
     src = models.shape(config, vocab)
     dst = growth.target(op, src, event)
+    if op.masked:  # a60afed masked the FFN activations, not the pre-activations (issue 22)
+      dst = dataclasses.replace(dst, ffn_mask_at="output")
     model = growth.build_model(dst, config.seed)
     if op.masked:
       growth.set_masks(model, msg.set_ramp(msg.initial_masks(src, dst), MSG_RAMP))

@@ -4,9 +4,10 @@ One file per operator family, each operator a `base.GrowthOp` (a pure function o
 pytrees, documented as exactly function preserving or not):
 
   depth.py      g_stack, g_stack_interp (Du et al. 2024), g_zero_depth (exact)
-  width.py      bert2bert FPI (exact for integer ratios, tiled), aki, g_zero_width (exact, RMSNorm)
+  width.py      bert2bert FPI (exact for integer ratios, tiled; or random maps), aki,
+                g_zero_width (exact, RMSNorm)
   msg.py        msg / g_random: masked growth of L, D, H, F (exact at mask 0)
-  ligo.py       ligo: the learned linear growth operator (Wang et al. 2023)
+  ligo.py       ligo: the learned linear growth operator (Wang et al. 2023; per-layer width)
   optimizer.py  moments across growth (carry / reset)
   timing.py     G_stack's growth-timing guideline and the speedup measure
 
@@ -39,11 +40,18 @@ OPERATORS = {
 }
 
 
-def get(name: str) -> base.GrowthOp:
-  """The operator `name` (see OPERATORS; "ligo" is trained, see jaxcl/growth/ligo.py)."""
+def get(name: str, index_map: str | None = None) -> base.GrowthOp:
+  """The operator `name` (see OPERATORS; "ligo" is trained, see jaxcl/growth/ligo.py); bert2BERT's
+  operators take an `index_map` (tiled | random, jaxcl/growth/width.py)."""
   if name not in OPERATORS:
     raise ValueError(f"unknown growth operator {name!r}: use one of {sorted(OPERATORS)}")
-  return OPERATORS[name]
+  if index_map is None:
+    return OPERATORS[name]
+  if name not in width.INDEX_MAPPED:
+    raise ValueError(
+      f"growth operator {name!r} takes no index_map: only {sorted(width.INDEX_MAPPED)}"
+    )
+  return width.INDEX_MAPPED[name](index_map)
 
 
 def build_model(cfg: base.ModelConfig, seed: int = 0) -> nnx.Module:

@@ -4,12 +4,16 @@ The large model holds the old weights in the leading corner of every tensor, new
 anywhere else (random from its own initialisation, or for new layers copies of old layers in
 StackBERT order, MSG's default `--new_block_init_strategy copy`). The forward multiplies new
 units by masks (jaxcl/models/gpt.py `growth_masks`): the residual stream by m_D (norm
-statistics taken under m_D), q by m_H, k and v by m_K, FFN activations by m_F, and a new layer
-computes x + c (block(x) - x). At c = 0 the new coordinates of the residual stream are exactly
+statistics taken under m_D), q by m_H, k and v by m_K, the FFN units' pre-activations by m_F
+(act((x W_1 + b_1) m_F), the reference's BertIntermediateEx), and a new layer computes
+x + c (block(x) - x). At c = 0 the new coordinates of the residual stream are exactly
 0, new heads, units and layers add nothing, and the old coordinates see the old computation:
 EXACTLY function preserving, whatever the new weights are. The masks then ramp linearly from
 0 to 1 over `ramp_steps` (MSG `grow_time`; `c(t) = (t - t_grow) / T`, clipped); during the
 ramp the function changes by design, and at c = 1 the model is the plain large model.
+MSG grows one dimension per event (L, D, heads or F; the reference's `available_to_grow`) and
+rewinds the learning rate at each (jaxcl/lm/growth_events.py checks the first and does the
+second with `growth.lr_after=rewind`).
 
 "G_random" of Du et al. 2024 is this operator with random new layers (`new_layers="random"`).
 MSG needs model support; it is implemented for GPT (both styles), not for BERT.

@@ -1,22 +1,32 @@
 """Width growth (hidden D, heads H / K, FFN F), optionally with depth (bert2BERT's stacking).
 
-- `bert2bert` (FPI, Chen et al. ACL 2022, "bert2BERT"; Net2Net, Chen et al. 2016): every new
-  unit copies an old one through an index map (`g(a) = a mod n` by default, *tiled*); a
-  producer's new outputs are copies, a consumer's inputs are divided by the number of copies
-  c of their unit, so x @ W is unchanged. Heads are copied whole (head size fixed). EXACT for
-  integer ratios with the tiled map (every unit copied equally often, so LayerNorm / RMSNorm
-  statistics of the tiled residual stream are the old ones; HyperCloning's observation). With
-  a random map or a non-integer ratio the norm statistics drift: NOT exact. A tied output
-  embedding reads the tiled stream without division, so the norm feeding it is divided by c
-  instead. Depth growth after the widening stacks the model (G_stack): not exact.
-- `aki` (bert2BERT's advanced knowledge initialisation): as FPI, but the new heads and FFN
-  units of layer l are those of layer l + 1 (the top layer uses its own). NOT exact.
+- `bert2bert` (FPI, Chen et al. ACL 2022, "bert2BERT" §4.1; Net2Net, Chen et al. 2016): every
+  new unit copies an old one through an index map g, the identity on the old units, then
+  `tiled` (g(a) = a mod n) or, as the paper, `random` (uniform over the old units); a
+  producer's new outputs are copies (out-dim expansion, U[:, j] = W~[:, g_out(j)]), a
+  consumer's inputs are divided by the number of copies C of their unit (in-dim expansion,
+  W~[i, :] = W[g_in(i), :] / C_g_in(i)), so x @ W is unchanged. Heads are copied whole (head
+  size fixed). EXACT for integer ratios with the tiled map (every unit copied equally often,
+  so LayerNorm / RMSNorm statistics of the tiled residual stream are the old ones;
+  HyperCloning's observation). With the random map or a non-integer ratio the norm statistics
+  drift: NOT exact. A tied output embedding reads the tiled stream without division, so the
+  norm feeding it is divided by C instead.
+- `aki` (bert2BERT §4.2, advanced knowledge initialisation): every attention and FFN weight
+  of layer l is first in-dim expanded as FPI (W~^l); its old output columns stay W~^l's, its
+  new output columns (new heads, new FFN units, new hidden coordinates written by the output
+  projections) are those of the next layer's: U^l[:, j] = W~^(l+1)[:, g_out(j)] for j > d_out.
+  The top layer has no next layer and keeps FPI. Norms and embeddings are FPI's. NOT exact.
+- Depth after the widening (bert2BERT §4.1 "depth"): the widened model stacked floor(L'/L)
+  times, the remaining L' mod L layers the top ones ([0..L-1] * k + [L-r..L-1]). Not exact.
 - `g_zero_width` (one-sided zero, Gesmundo & Maile 2023, arXiv 2308.06103): old weights in the
   leading corner, new weights random, except the residual writers' new hidden columns and the
   new heads' / FFN units' output rows, which are zero; the old norm gains are multiplied by
   sqrt(D / D') and epsilon by D / D'. EXACT with RMSNorm (llama style); with LayerNorm the
   mean over D' zero-padded coordinates differs: NOT exact. Unlike zero-padding everything (the
   released `tongxuluo/prts` zero.py), every new weight gets a gradient at the first step.
+
+`bert2bert` and `aki` use the tiled map; `make_bert2bert(kind)` / `make_aki(kind)` (a growth
+event's `index_map`) the paper's random one.
 """
 
 from __future__ import annotations
@@ -81,10 +91,22 @@ def fpi(src: base.Params, src_cfg, dst_cfg, maps: dict) -> base.Params:
   return out
 
 
+def stack_sources(num_old: int, num_new: int) -> np.ndarray:
+  """[L'] source layer of each new layer: [0..L-1] floor(L'/L) times, then the top L' mod L."""
+  rest = num_new % num_old
+  return np.concatenate(
+    [np.tile(np.arange(num_old), num_new // num_old), np.arange(rest) + num_old - rest]
+  )
+
+
 def _grow_depth(params, src_cfg, dst_cfg):
   if dst_cfg.num_layers == src_cfg.num_layers:
     return params
-  return depth.take_layers(params, depth.stack_sources(src_cfg.num_layers, dst_cfg.num_layers))
+  return depth.take_layers(params, stack_sources(src_cfg.num_layers, dst_cfg.num_layers))
+
+
+def _map_seed(key) -> int:
+  return 0 if key is None else int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
 def make_bert2bert(kind: str = "tiled", noise: float = 0.0) -> base.GrowthOp:
@@ -93,7 +115,7 @@ def make_bert2bert(kind: str = "tiled", noise: float = 0.0) -> base.GrowthOp:
 
   def grow(src, init, src_cfg, dst_cfg, key=None):
     base.check_same_except(src_cfg, dst_cfg, "L" + GROWN)
-    out = fpi(src, src_cfg, dst_cfg, fpi_maps(src_cfg, dst_cfg, kind))
+    out = fpi(src, src_cfg, dst_cfg, fpi_maps(src_cfg, dst_cfg, kind, _map_seed(key)))
     if noise > 0:
       old = base.dims(src_cfg)
       keys = iter(jax.random.split(key, 1000))
@@ -110,25 +132,32 @@ def make_bert2bert(kind: str = "tiled", noise: float = 0.0) -> base.GrowthOp:
     "bert2bert",
     grow,
     exact=exact if kind == "tiled" and not noise else "no",
-    layer_sources=depth.stack_sources,
+    layer_sources=stack_sources,
   )
 
 
-def _aki(src, init, src_cfg, dst_cfg, key=None):
-  base.check_same_except(src_cfg, dst_cfg, "L" + GROWN)
-  out = fpi(src, src_cfg, dst_cfg, fpi_maps(src_cfg, dst_cfg))
-  old = base.dims(src_cfg)
-  n = src_cfg.num_layers
-  upper = jnp.asarray(np.minimum(np.arange(n) + 1, n - 1))
+def make_aki(kind: str = "tiled") -> base.GrowthOp:
+  """bert2BERT's AKI (module doc) with a `kind` index map."""
 
-  def from_next(name, r, x):
-    if not name.startswith("blocks.") or not any(c in r for c in "HKFhf"):
-      return x
-    heads_or_ffn = "".join(c if c in "HKFhf" else "." for c in r)
-    new = base.new_units(heads_or_ffn, x.shape, old)
-    return jnp.where(new, jnp.take(x, upper, axis=0), x)
+  def grow(src, init, src_cfg, dst_cfg, key=None):
+    base.check_same_except(src_cfg, dst_cfg, "L" + GROWN)
+    out = fpi(src, src_cfg, dst_cfg, fpi_maps(src_cfg, dst_cfg, kind, _map_seed(key)))
+    old = base.dims(src_cfg)
+    n = src_cfg.num_layers
+    upper = jnp.asarray(np.minimum(np.arange(n) + 1, n - 1))  # [L] the next layer, top: itself
 
-  return _grow_depth(base.leaf_map(from_next, out), src_cfg, dst_cfg)
+    def from_next(name, r, x):
+      if not name.startswith(("blocks.attn.", "blocks.mlp.")):
+        return x  # norms: FPI
+      produced = "".join(c if c in GROWN else "." for c in r)  # the out-dim axes
+      new = base.new_units(produced, x.shape, old)
+      return jnp.where(new, jnp.take(x, upper, axis=0), x)
+
+    return _grow_depth(base.leaf_map(from_next, out), src_cfg, dst_cfg)
+
+  return base.GrowthOp(
+    "aki", grow, exact="no: new output units come from the next layer", layer_sources=stack_sources
+  )
 
 
 def _zero_width(src, init, src_cfg, dst_cfg, key=None):
@@ -160,9 +189,8 @@ def _same_layers(num_old, num_new):
 
 
 bert2bert = make_bert2bert()
-aki = base.GrowthOp(
-  "aki", _aki, exact="no: new units come from the next layer", layer_sources=depth.stack_sources
-)
+aki = make_aki()
+INDEX_MAPPED = {"bert2bert": make_bert2bert, "aki": make_aki}  # operators taking `index_map`
 g_zero_width = base.GrowthOp(
   "g_zero_width",
   _zero_width,

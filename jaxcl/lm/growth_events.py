@@ -6,16 +6,24 @@ train steps:
     dict(step=200, operator="g_stack", num_layers=4)              # depth x4 (G_stack)
     dict(step=200, operator="msg", width=128, num_heads=4, ramp_steps=100)
     dict(step=200, operator="ligo", num_layers=4, width=128, ligo_steps=20)
+    dict(step=200, operator="aki", width=128, num_heads=4, index_map="random")
 
 Target keys: num_layers, width, num_heads, num_kv_heads, mlp_dim (unchanged when absent).
 At an event the `GrowthPlan` builds the large model, maps the parameters with the operator
 (jaxcl/growth/*), grows the optimizer state (`growth.opt_state`: carry | reset), and measures
 the largest logit change on a fixed validation batch; the stage loop then jits the steps again
 for the new shape, the only recompilation. How many events a state has seen is its run's
-`progress.growth_events`; the plan itself never changes. The schedule is global;
-`growth.rewarm_steps` > 0 multiplies it by a linear re-warmup after every event (G_stack's
-recipe restarts its warmup).
-MSG's masks ramp 0 -> 1 over the event's `ramp_steps` (default `growth.ramp_steps`).
+`progress.growth_events`; the plan itself never changes. MSG's masks ramp 0 -> 1 over the
+event's `ramp_steps` (default `growth.ramp_steps`).
+
+The learning rate across events (`growth.lr_after`, see `lr_schedule`):
+  carry    the run's global schedule goes on (times a linear re-warmup over
+           `growth.rewarm_steps` after every event when > 0)
+  restart  G_stack's recipe (Du et al. 2024; `tongxuluo/prts` g_stack.sh): a new warmup +
+           cosine from the event to the end of the run, peak `growth.restart_lr` (prts: 3e-4
+           for the grown model vs 1e-3 for the small one), floor `restart_lr / 10`
+  rewind   MSG's (`cofe-ai/MSG` get_scheduler_ex, rewind_bool): the schedule jumps back to
+           its post-warmup peak and decays again along the same curve
 """
 
 from __future__ import annotations
@@ -23,15 +31,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 
 from jaxcl import growth
 from jaxcl.engine import state as state_lib
 from jaxcl.growth import base, ligo, msg, optimizer
+from jaxcl.lm import schedules
 
 SHAPE_KEYS = ("num_layers", "width", "num_heads", "num_kv_heads", "mlp_dim")
-EVENT_KEYS = ("step", "operator", "ramp_steps", "ligo_steps", *SHAPE_KEYS)
+EVENT_KEYS = ("step", "operator", "ramp_steps", "ligo_steps", "index_map", *SHAPE_KEYS)
+LR_AFTER = ("carry", "restart", "rewind")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -39,10 +50,14 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.events = []  # list of dict(step=..., operator=..., <target shape>)
   c.opt_state = "carry"  # carry (moments of old entries kept, new ones zero) | reset
-  c.rewarm_steps = 0  # >0: the lr re-warms linearly over this many steps after each event
+  c.lr_after = "carry"  # carry | restart (G_stack's new cosine) | rewind (MSG): see lr_schedule
+  c.rewarm_steps = 0  # carry: >0 re-warms the lr linearly over this many steps after each event
+  c.restart_lr = 3e-4  # restart: the new cosine's peak (prts: 3e-4 after 1e-3 for the small model)
+  c.restart_warmup = 0  # restart: warmup steps of the new cosine (prts: its base warmup, 3000)
   c.ramp_steps = 100  # MSG / G_random: steps for the masks to go from 0 to 1
   c.ligo_steps = 100  # LiGO: steps to train the growth operator (Wang et al. 2023: 100)
-  c.ligo_lr = 1e-3  # LiGO: Adam learning rate of the operator
+  c.ligo_optimizer = "sgd"  # LiGO: sgd (Wang et al. 2023 §4.1) | adam
+  c.ligo_lr = 1e-2  # LiGO: learning rate of the operator
   return c
 
 
@@ -55,7 +70,7 @@ def parse_events(growth_config) -> list[dict]:
     if unknown or "step" not in e or "operator" not in e:
       raise ValueError(f"growth event {e}: needs step and operator; unknown keys {unknown}")
     if e["operator"] != "ligo":
-      growth.get(e["operator"])
+      growth.get(e["operator"], e.get("index_map"))
     if int(e["step"]) <= last:
       raise ValueError(f"growth event steps must increase and be > 0, got {e['step']}")
     last = int(e["step"])
@@ -78,6 +93,41 @@ def rewarm(growth_config, schedule):
     return schedule(count) * factor
 
   return rewarmed
+
+
+def lr_schedule(growth_config, schedule, total_steps: int):
+  """The run's learning rate across its growth events (`growth.lr_after`, module doc).
+
+  With s the latest event step <= t: `restart` gives warmup_cosine(restart_lr, T - s, W,
+  restart_lr / 10) at t - s (T = total_steps, W = restart_warmup); `rewind` gives
+  schedule(p + t - s), p the step of the schedule's peak.
+  """
+  mode = growth_config.lr_after
+  if mode not in LR_AFTER:
+    raise ValueError(f"growth.lr_after={mode!r}: use {' | '.join(LR_AFTER)}")
+  starts = np.asarray([int(e["step"]) for e in growth_config.events], np.int32)  # [E]
+  if mode == "carry" or not len(starts):
+    return rewarm(growth_config, schedule)
+  if mode == "rewind":
+    peak = int(np.argmax(np.asarray(jax.vmap(schedule)(jnp.arange(total_steps)))))
+    after = lambda s, u: schedule(peak + u)
+  else:
+    peak_lr = float(growth_config.restart_lr)
+    tails = [
+      schedules.warmup_cosine(
+        peak_lr, total_steps - int(s), growth_config.restart_warmup, peak_lr / 10
+      )
+      for s in starts
+    ]
+    after = lambda s, u: jax.lax.switch(s, tails, u)
+
+  def grown(count):
+    t = jnp.asarray(count, jnp.int32)
+    k = jnp.sum(t >= jnp.asarray(starts)) - 1  # the latest event at or before t, -1: none
+    u = t - jnp.asarray(starts)[jnp.maximum(k, 0)]
+    return jnp.where(k < 0, schedule(count), after(jnp.maximum(k, 0), u))
+
+  return grown
 
 
 def shape_of(cfg: base.ModelConfig) -> dict:
@@ -109,10 +159,27 @@ class GrowthPlan:
       raise ValueError("growth events with train.anneal_branch are not supported")
     self.ops, self.cfgs = [], [model_cfg]
     for e in self.events:
-      op = ligo.OPERATOR if e["operator"] == "ligo" else growth.get(e["operator"])
+      op = (
+        ligo.OPERATOR if e["operator"] == "ligo" else growth.get(e["operator"], e.get("index_map"))
+      )
       shape = {k: e[k] for k in SHAPE_KEYS if k in e}
       self.ops.append(op)
       self.cfgs.append(growth.target(op, self.cfgs[-1], shape))
+    self._check_masked_events()
+
+  def _check_masked_events(self):
+    """MSG grows one dimension per event (L, D, heads or F; Yao et al. 2024, `cofe-ai/MSG`
+    `available_to_grow`), and a ramp ends before the next event starts."""
+    for i, (e, op) in enumerate(zip(self.events, self.ops, strict=True)):
+      if not op.masked:
+        continue
+      a, b = base.dims(self.cfgs[i]), base.dims(self.cfgs[i + 1])
+      grown = [k for k in "LDHF" if a[k] != b[k]]
+      if len(grown) > 1:
+        raise ValueError(f"growth event {e}: MSG grows one dimension per event, not {grown}")
+      end = int(e["step"]) + int(e.get("ramp_steps", self.config.growth.ramp_steps))
+      if i + 1 < len(self.events) and int(self.events[i + 1]["step"]) <= end:
+        raise ValueError(f"growth event {self.events[i + 1]} starts before the ramp of {e} ends")
 
   def due(self, done: int, step: int) -> bool:
     """Whether the next event (after `done` applied) comes before the step after `step`."""
@@ -147,6 +214,7 @@ class GrowthPlan:
         batches,
         steps=steps,
         lr=self.config.growth.ligo_lr,
+        optimizer=self.config.growth.ligo_optimizer,
         seed=self.config.seed + i,
       )
     else:

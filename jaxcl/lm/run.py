@@ -104,7 +104,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     train_sources = [wrap(s, i) for i, s in enumerate(train_sources)]
     valid_sources = [wrap(s, 500 + i) for i, s in enumerate(valid_sources)]  # other masks
   steps = [int(config.train.steps_per_domain)] * len(names)
-  schedule = growth_events.rewarm(config.growth, schedules.make(config, steps))
+  schedule = growth_events.lr_schedule(config.growth, schedules.make(config, steps), sum(steps))
   tx = optim.make_optimizer(config.optim, schedule)
   objective = objectives.make(config.train.objective, chunk=config.train.loss_chunk)
   model = models.build(config, tokenizer.vocab_size, nnx.Rngs(config.seed))

@@ -59,6 +59,10 @@ class Config:
   scan_layers: bool = True
   remat: str = "none"  # a key of layers.REMAT_POLICIES: "none", "full", "dots"
   growth_masks: bool = False  # MSG masks in the forward (jaxcl/growth/msg.py)
+  # Where MSG's FFN mask m_F multiplies: "input", the units' pre-activations as `cofe-ai/MSG`
+  # (BertIntermediateEx: act((x W_1 + b_1) m_F)); "output", act(x W_1 + b_1) m_F (jaxcl before
+  # issue 22, kept for its regression fixture). Both are exact at m_F = 0.
+  ffn_mask_at: str = "input"
 
   def __post_init__(self):
     if self.style not in STYLES:
@@ -69,6 +73,8 @@ class Config:
       raise ValueError(f"num_heads {self.num_heads} is not a multiple of {self.kv_heads} kv heads")
     if self.remat not in layers.REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}: use one of {sorted(layers.REMAT_POLICIES)}")
+    if self.ffn_mask_at not in ("input", "output"):
+      raise ValueError(f"ffn_mask_at={self.ffn_mask_at!r}: use input | output")
 
   @property
   def kv_heads(self) -> int:
@@ -150,6 +156,7 @@ class Block(nnx.Module):
     # Residual-branch outputs scaled by 1/sqrt(2L) (GPT-2 paper §2.3; nanoGPT).
     out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))
     kind = "rms" if llama else "layer"
+    self.ffn_mask_at = cfg.ffn_mask_at
     self.attn_norm = layers.norm(kind, cfg.width, eps=cfg.norm_eps, dtype=dtype, rngs=rngs)
     self.attn = layers.Attention(
       cfg.width,
@@ -189,7 +196,7 @@ class Block(nnx.Module):
     heads = dict(head_mask=masks["heads"], kv_head_mask=masks["kv_heads"])
     y = x + self.attn(h, mask=mask, rope=rope, **heads) * m
     h = _masked_norm(self.mlp_norm, y, m)
-    y = y + _masked_mlp(self.mlp, h, masks["mlp"]) * m
+    y = y + _masked_mlp(self.mlp, h, masks["mlp"], self.ffn_mask_at) * m
     return x + layer_mask.astype(x.dtype) * (y - x)
 
 
@@ -211,12 +218,16 @@ def _masked_norm(norm: nnx.Module, x, m):
   return (y * w).astype(x.dtype)
 
 
-def _masked_mlp(mlp: layers.FeedForward, x, m):
-  """`layers.FeedForward` with its hidden activations [.., F] scaled by m [F]."""
+def _masked_mlp(mlp: layers.FeedForward, x, m, at: str = "input"):
+  """`layers.FeedForward` with its units [.., F] scaled by m [F]: every input projection's
+  output before the activation (`at="input"`; MSG's BertIntermediateEx, and `tongxuluo/prts`
+  msg.py on both SwiGLU projections), or the activations (`at="output"`)."""
   act = layers.ACTIVATIONS[mlp.activation]
-  h = mlp.up(x)  # [B, T, F]
-  h = act(mlp.gate(x)) * h if hasattr(mlp, "gate") else act(h)
-  return mlp.down(h * m.astype(h.dtype))
+  m = m.astype(x.dtype)
+  pre = (lambda h: h * m) if at == "input" else (lambda h: h)
+  h = pre(mlp.up(x))  # [B, T, F]
+  h = act(pre(mlp.gate(x))) * h if hasattr(mlp, "gate") else act(h)
+  return mlp.down(h if at == "input" else h * m)
 
 
 class GrowthMask(nnx.Variable):
