@@ -3,6 +3,7 @@
   python -m jaxcl.main --config=configs/cpt.py                      # prose -> code, small GPT
   python -m jaxcl.main --config=configs/cpt.py --config.replay.fraction=0.05
   python -m jaxcl.main --config=configs/cpt.py --config.schedule.name=infinite_cosine
+  python -m jaxcl.main --config=configs/cpt.py --config.schedule.name=wsd
   python -m jaxcl.main --config=configs/cpt.py:mlm                  # BERT objective
 
 Presets:
@@ -11,6 +12,13 @@ Presets:
   per domain, re-warmed cosine per domain
   (Gupta et al. 2023: warmup 1%, eta_max -> 0.1 eta_max), fresh AdamW moments per domain, no
   replay. Minutes on a 2-core CPU.
+Infinite and WSD schedules anneal every domain as an evaluation branch (Ibrahim et al. 2024
+§7): the annealed weights are evaluated (the domain's loss-matrix row) and saved under
+anneal_branches/<domain>, and the next domain continues from the state saved before the anneal,
+at the constant rate. The other choice, `--config.schedule.anneal_every_domain=false`, anneals
+only after the last domain; `--config.train.anneal_branch=false` continues from the annealed
+weights instead (not the paper's semantics).
+
 - smoke: seconds, for tests (one stdlib package per domain, a tiny model).
 - mlm: the same stream with the masked-LM objective on a BERT-layout encoder.
 - pile_slimpajama_405m: the shape of Ibrahim et al. 2024 ("Simple and Scalable Strategies to
@@ -18,8 +26,9 @@ Presets:
   user-prepared token files (`--config.data.domains=bin:/data/pile.bin,bin:/data/slimpj.bin`,
   GPT-NeoX tokens as uint16), 5% replay, the infinite schedule (warmup 1%, inverse-sqrt
   cooldown over 60% of the first domain to eta_const = 1.65e-4, constant, exponential anneal
-  to 3e-5 over the last 14% of each domain), eta_max 3e-4, batch 1104 x 2048 tokens reached by
-  gradient accumulation over 23 microbatches (3 sequences per chip on a v5e-16). The paper
+  to 3e-5 over the last 14% of each domain as an evaluation branch), eta_max 3e-4, batch
+  1104 x 2048 tokens reached by gradient accumulation over 23 microbatches (3 sequences per
+  chip on a v5e-16). The paper
   reports that 5% replay plus re-warming matches the union-trained baseline's average loss.
 """
 
@@ -74,6 +83,8 @@ def pile_slimpajama_405m(c):
   c.train.loss_chunk = 512  # the cross-entropy over 4 chunks: no [B, 2048, 50304] float32 logits
   c.optim.update(name="adamw", b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
   c.schedule.update(name="infinite_invsqrt", eta_max=3e-4, eta_const=1.65e-4, eta_min=3e-5)
+  c.schedule.anneal_every_domain = True  # each domain's anneal a branch: the paper's semantics
+  c.train.anneal_branch = True
   c.replay.fraction = 0.05
   c.train.steps_per_domain = 132_366  # ~300B tokens / (1104 x 2048)
   c.train.log_every_steps = 100

@@ -115,17 +115,32 @@ def test_a_new_domain_resets_the_moments_but_keeps_the_global_schedule():
   assert counts == [5]
 
 
-def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_path):
+def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_path, monkeypatch):
+  """Infinite schedule (the branch is the default): domain 1 starts from the weights saved
+  before domain 0's anneal, not from the annealed ones, which are kept as a side state whose
+  validation loss is the loss-matrix row (Ibrahim et al. 2024 §7)."""
   overrides = {
     "schedule.name": "infinite_cosine",
     "schedule.eta_const": 1e-3,
     "schedule.cooldown_steps": 2,  # cooldown [0, 2), constant [2, 4), anneal [4, 6)
     "schedule.anneal_steps": 2,
-    "train.anneal_branch": True,
     "train.log_every_steps": 1,
   }
   config = load_config("cpt", "smoke", **overrides)
+  assert config.train.anneal_branch and config.schedule.anneal_every_domain
+  starts = {}  # params at the start of each domain, as the loop hands them to the domain
+  real_train_stages = loop.train_stages
+
+  def spy(run, hooks, *args, **kwargs):
+    def begin_stage(compiled, state, d):
+      starts[d] = jax.tree.map(np.asarray, jax.device_get(state.params))
+      return hooks.begin_stage(compiled, state, d)
+
+    return real_train_stages(run, hooks._replace(begin_stage=begin_stage), *args, **kwargs)
+
+  monkeypatch.setattr(loop, "train_stages", spy)
   results = lm_run.run(config, str(tmp_path))
+  assert results["anneal_branches"] == [[4, 6], [10, 12]]
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   lr = {x["step"]: x["lr"] for x in lines if "lr" in x}
   # The logged lr of step s is the schedule at s - 1.
@@ -137,5 +152,34 @@ def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_pat
   assert pre_anneal["progress"]["stage"] == 0 and pre_anneal["progress"]["step_in_stage"] == 4
   pre = ckpt.read_state(ckpt.steps()[0])
   ckpt.close()
-  assert int(pre["step"]) == 4
+  branches = checkpoint.Checkpointer(str(tmp_path / "anneal_branches"))
+  annealed, branch_meta = branches.read_state(0), branches.read_meta(0)
+  branches.close()
+  assert int(pre["step"]) == 4 and int(annealed["step"]) == 6
+  for got, want in zip(jax.tree.leaves(starts[1]), jax.tree.leaves(pre["params"]), strict=True):
+    np.testing.assert_array_equal(got, want)  # domain 1 starts from the pre-anneal weights
+  moved = [
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(starts[1]), jax.tree.leaves(annealed["params"]), strict=True)
+  ]
+  assert any(moved)  # ... which the 2 annealed steps changed
+  # The branch's losses are the loss-matrix row of domain 0.
+  row = [branch_meta["val_loss"][n] for n in results["domains"]]
+  np.testing.assert_allclose(results["loss_matrix"][0], row, rtol=1e-6)
   assert np.isfinite(results["loss_matrix"]).all()
+
+
+def test_anneal_only_after_the_last_domain_is_the_other_choice(tmp_path):
+  overrides = {
+    "schedule.name": "wsd",
+    "schedule.decay_steps": 2,
+    "schedule.anneal_every_domain": False,
+    "train.log_every_steps": 1,
+  }
+  results = lm_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  assert results["anneal_branches"] == [None, [10, 12]]
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  lr = {x["step"]: x["lr"] for x in lines if "lr" in x}
+  assert lr[6] == lr[7] == pytest.approx(3e-3)  # stable through the end of domain 0 ...
+  assert lr[12] < lr[11] == pytest.approx(3e-3)  # ... and only the last domain decays
+  assert not (tmp_path / "anneal_branches").exists()

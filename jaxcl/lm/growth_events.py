@@ -29,6 +29,7 @@ from flax import nnx
 from jaxcl import growth
 from jaxcl.engine import state as state_lib
 from jaxcl.growth import base, ligo, msg, optimizer
+from jaxcl.lm import schedules
 
 SHAPE_KEYS = ("num_layers", "width", "num_heads", "num_kv_heads", "mlp_dim")
 EVENT_KEYS = ("step", "operator", "ramp_steps", "ligo_steps", *SHAPE_KEYS)
@@ -105,8 +106,9 @@ class GrowthPlan:
     self.config, self.loss_fn, self.tx = config, loss_fn, tx
     self.num_domains = num_domains
     self.events = parse_events(config.growth)
-    if self.events and config.train.anneal_branch:
-      raise ValueError("growth events with train.anneal_branch are not supported")
+    steps = [config.train.steps_per_domain] * num_domains
+    if self.events and config.train.anneal_branch and any(schedules.anneal_windows(config, steps)):
+      raise ValueError("growth events with anneal branches (train.anneal_branch) are not supported")
     self.ops, self.cfgs = [], [model_cfg]
     for e in self.events:
       op = ligo.OPERATOR if e["operator"] == "ligo" else growth.get(e["operator"])

@@ -26,7 +26,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from jaxcl import metrics, optim, sharding, writers
+from jaxcl import checkpoint, metrics, optim, sharding, writers
 from jaxcl.data import text
 from jaxcl.engine import loop, microbatch, throughput
 from jaxcl.engine import state as state_lib
@@ -122,10 +122,11 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     per_device=config.train.per_device_microbatch,
   )
   peak = throughput.peak_flops(config.train.peak_tflops, jax.device_count())
-  # Infinite / WSD schedules with `train.anneal_branch`: the anneal of a domain is a branch
-  # (evaluated, then dropped); the next domain resumes the state from before it (Ibrahim et
-  # al. 2024 §7; Singh et al. 2025).
+  # Infinite / WSD schedules with `train.anneal_branch` (the default): the anneal of a domain is
+  # an evaluation branch (its loss-matrix row; its weights saved in anneal_branches/), and the
+  # next domain resumes the state from before it (Ibrahim et al. 2024 §7; Singh et al. 2025).
   branch = schedules.anneal_windows(config, steps) if config.train.anneal_branch else None
+  branches = []  # the Checkpointer of anneal_branches/, opened by the first branch
 
   def begin(state, domain):
     opt = state.opt
@@ -253,6 +254,13 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     writer.write(global_step, {f"val_loss/{n}": v for n, v in val.items()})
     return dataclasses.replace(progress, curve=(*progress.curve, point))
 
+  def save_branch(d: int, state, val_loss: dict) -> None:
+    """The annealed weights of domain `d` (a deployable side state), under id `d`."""
+    if not branches:
+      branches.append(checkpoint.Checkpointer(os.path.join(r.workdir, "anneal_branches")))
+    meta = {"domain": d, "step": int(state.step), "window": list(branch[d]), "val_loss": val_loss}
+    branches[0].save(d, state, data_state=None, meta=meta, keep_forever=True)
+
   def end_stage(graphdef, compiled, state, p):
     del graphdef
     d = p.stage
@@ -262,6 +270,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
       final = dict(zip(names, validate(compiled, state), strict=True))
     p = dataclasses.replace(p, rows=(*p.rows, [final[n] for n in names]))
     if p.pre_anneal is not None and d + 1 < len(names):
+      save_branch(d, state, final)
       r.ckpt.wait()
       state = r.ckpt.restore(compiled.other.abstract, step=p.pre_anneal).state
       state = compiled.other.skip_to(state, jnp.int32(branch[d][1]))
@@ -306,6 +315,8 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   graphdef, state, progress = loop.train_stages(
     r, hooks, steps, graphdef, state, progress, data_state, meta
   )
+  for b in branches:
+    b.close()
   loss = np.asarray(progress.rows)
   tokens_per_sec = progress.tokens / max(progress.train_seconds, 1e-9)
   model_flops = flops_per_token(graphdef, state)
@@ -318,6 +329,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     "flops_seen": progress.flops,
     "curve": list(progress.curve),
     "growth_events": list(progress.growth_events),
+    "anneal_branches": [list(w) if w else None for w in branch] if branch else None,
     "num_params": state_lib.count_params(state.params),
     "train_seconds": round(progress.train_seconds, 2),
     "tokens_per_sec": round(tokens_per_sec, 1),
