@@ -34,6 +34,10 @@ def test_smoke_run_fills_the_loss_matrix_and_the_curve():
   assert [e["step"] for e in results["curve"]] == [1, 2, 3, 6, 7, 8, 9, 12]
   assert results["tokens_seen"] == 12 * 8 * 16
   assert results["train_compiles"] == results["traces"]["train"] == 1
+  # MFU: the FLOPs executed over the smoke preset's given peak (1 TFLOP/s), named.
+  assert results["peak"]["source"] == "config" and results["peak"]["flops"] == 1e12
+  mfu = results["flops_seen"] / results["train_seconds"] / 1e12
+  assert results["mfu"] == pytest.approx(mfu, rel=0.05) and results["mfu_phases"] == []
   written = json.loads((workdir / "results.json").read_text())
   assert written["loss_matrix"] == results["loss_matrix"]
   assert (workdir / "loss_matrix.csv").exists() and (workdir / "loss_curves.png").exists()
