@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import signal
@@ -187,3 +188,30 @@ def test_anneal_only_after_the_last_domain_is_the_other_choice(tmp_path):
   assert lr[6] == lr[7] == pytest.approx(3e-3)  # stable through the end of domain 0 ...
   assert lr[12] < lr[11] == pytest.approx(3e-3)  # ... and only the last domain decays
   assert not (tmp_path / "anneal_branches").exists()
+
+
+def test_union_baseline_is_one_stage_on_every_domain_with_the_same_tokens(tmp_path):
+  overrides = {"data.union": True, "replay.fraction": 0.0}
+  results = lm_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  loss = np.asarray(results["loss_matrix"])
+  assert loss.shape == (1, 2) and np.isfinite(loss).all()  # one row, every domain evaluated
+  assert results["tokens_seen"] == 12 * 8 * 16  # the token budget of the two-domain sequence
+  assert results["final_avg_loss"] == pytest.approx(loss[0].mean()) and results["forgetting"] == []
+  assert results["train_compiles"] == 1
+  # Bits per byte: byte tokens are a byte each but the EOS separators, which carry none.
+  for name, nats in zip(results["domains"], loss[0], strict=True):
+    per_token = results["bytes_per_token"][name]
+    assert 0.9 < per_token < 1.0
+    assert results["final_bits_per_byte"][name] == pytest.approx(nats / math.log(2) / per_token)
+
+
+def test_presets_default_three_domains_prose_code_and_the_union_baseline():
+  default, union = load_config("cpt"), load_config("cpt", "union")
+  assert len(default.data.domains.split(",")) == 3
+  assert load_config("cpt", "prose_code").data.domains == "prose,code"
+  assert union.data.union and not default.data.union
+  assert union.data.domains == default.data.domains  # the same domains ...
+  same = ("train.steps_per_domain", "data.batch_size", "data.seq_len", "model.preset")
+  for key in same:  # ... and the same token budget and model
+    section, field = key.split(".")
+    assert union[section][field] == default[section][field], key

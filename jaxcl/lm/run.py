@@ -123,6 +123,13 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     train_sources = [wrap(s, i) for i, s in enumerate(train_sources)]
     valid_sources = [wrap(s, 500 + i) for i, s in enumerate(valid_sources)]  # other masks
   steps = [int(config.train.steps_per_domain)] * len(names)
+  if data.union:  # the union baseline: one stage over every domain's windows, the same tokens
+    train_sources, steps = [text.Union(train_sources)], [sum(steps)]
+  # Bits per byte (lm): the target tokens of each domain's validation windows and their bytes.
+  sizes = [
+    text.valid_bytes(s, num_sequences=data.valid_sequences, tokenizer=tokenizer)
+    for s in (valid_sources if config.train.objective == "lm" else ())
+  ]
   schedule = growth_events.rewarm(config.growth, schedules.make(config, steps))
   tx = optim.make_optimizer(config.optim, schedule)
   objective = objectives.make(config.train.objective, chunk=config.train.loss_chunk)
@@ -293,14 +300,14 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     else:
       final = dict(zip(names, validate(compiled, state), strict=True))
     p = dataclasses.replace(p, rows=(*p.rows, [final[n] for n in names]))
-    if p.pre_anneal is not None and d + 1 < len(names):
+    if p.pre_anneal is not None and d + 1 < len(steps):
       save_branch(d, state, final)
       r.ckpt.wait()
       state = r.ckpt.restore(compiled.other.abstract, step=p.pre_anneal).state
       state = compiled.other.skip_to(state, jnp.int32(branch[d][1]))
       logging.info("domain %d: continuing from the pre-anneal state at step %d", d, branch[d][1])
     p = dataclasses.replace(p, pre_anneal=None)
-    logging.info("domain %d/%d (%s): validation loss %s", d + 1, len(names), names[d], final)
+    logging.info("domain %d/%d (%s): validation loss %s", d + 1, len(steps), names[d], final)
     if r.main_process:
       loss_csv = os.path.join(r.workdir, "loss_matrix.csv")
       writers.write_matrix_csv(loss_csv, np.asarray(p.rows), "after_domain", "loss_")
@@ -348,6 +355,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     "objective": config.train.objective,
     "loss_matrix": loss.round(6).tolist(),
     **metrics.loss_summary(loss),
+    **(metrics.bits_per_byte(loss[-1], sizes, names) if sizes else {}),
     "tokens_seen": progress.tokens,
     "flops_seen": progress.flops,
     "curve": list(progress.curve),
