@@ -39,6 +39,7 @@ from jaxcl.data.text.packing import (
   record_lengths,
   tokenize_documents,
 )
+from jaxcl.data.text.tokenizers import ByteTokenizer
 
 
 def held_out(ids: Sequence, fraction: float, seed: int = 0) -> np.ndarray:
@@ -201,12 +202,16 @@ def valid_indices(num_windows: int, num_sequences: int) -> np.ndarray:
 
 def valid_bytes(source, *, num_sequences: int, tokenizer) -> tuple[int, int]:
   """(target tokens, their UTF-8 bytes) of the validation windows `valid_batches` reads: the
-  denominator of bits per byte, comparable across tokenizers. Specials count no bytes."""
+  denominator of bits per byte, comparable across tokenizers. Specials count no bytes; byte
+  tokens are counted exactly (a decoded window may split a character)."""
   tokens = nbytes = 0
   for i in valid_indices(len(source), num_sequences):
     targets = source[int(i)]["tokens"][1:]  # [L]
     tokens += len(targets)
-    nbytes += len(tokenizer.decode(targets).encode("utf-8"))
+    if isinstance(tokenizer, ByteTokenizer):
+      nbytes += int((targets < 256).sum())
+    else:
+      nbytes += len(tokenizer.decode(targets).encode("utf-8"))
   return tokens, nbytes
 
 
