@@ -29,6 +29,22 @@ at the constant rate. The other choice, `--config.schedule.anneal_every_domain=f
 only after the last domain; `--config.train.anneal_branch=false` continues from the annealed
 weights instead (not the paper's semantics).
 
+The README table (issue 21: each row over seeds 0, 1, 2, a larger validation set; compare the
+continual rows' final_avg_loss with the union baseline's):
+
+  for s in 0 1 2; do v="--config.seed=$s --config.data.valid_sequences=256"
+    python -m jaxcl.main --config=configs/cpt.py $v --workdir=runs/cpt-rewarm-s$s
+    python -m jaxcl.main --config=configs/cpt.py $v --config.replay.fraction=0.05 \
+      --workdir=runs/cpt-replay05-s$s
+    python -m jaxcl.main --config=configs/cpt.py $v --config.replay.fraction=0.25 \
+      --workdir=runs/cpt-replay25-s$s
+    python -m jaxcl.main --config=configs/cpt.py $v --config.schedule.name=infinite_cosine \
+      --workdir=runs/cpt-infinite-s$s
+    python -m jaxcl.main --config=configs/cpt.py $v --config.schedule.name=wsd \
+      --workdir=runs/cpt-wsd-s$s
+    python -m jaxcl.main --config=configs/cpt.py:union $v --workdir=runs/cpt-union-s$s
+  done; python -m jaxcl.compare 'runs/cpt-*'
+
 - smoke: seconds, for tests (one stdlib package per domain, a tiny model).
 - mlm: the same stream with the masked-LM objective on a BERT-layout encoder.
 - pile_slimpajama_405m: the shape of Ibrahim et al. 2024 ("Simple and Scalable Strategies to
