@@ -160,17 +160,6 @@ def _ordered(source, seed: int) -> grain.MapDataset:
   return grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
 
 
-class _Indices:
-  def __init__(self, n: int):
-    self.n = n
-
-  def __len__(self) -> int:
-    return self.n
-
-  def __getitem__(self, i):
-    return int(i)
-
-
 class SeenWindows:
   """The windows of `source` that a domain's main line trained on, as a sequence.
 
@@ -182,7 +171,7 @@ class SeenWindows:
   def __init__(self, source, seed: int, consumed: np.ndarray):
     consumed = np.asarray(consumed, np.int64)  # [P]
     self.source, processes = source, len(consumed)
-    self._order = _ordered(_Indices(len(source)), seed)
+    self._order = _ordered(range(len(source)), seed)  # position -> window
     low = int(consumed.min())
     extra = [p + processes * k for p in range(processes) for k in range(low, consumed[p])]
     self._block, self._extra = low * processes, np.sort(np.asarray(extra, np.int64))
