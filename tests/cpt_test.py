@@ -35,6 +35,7 @@ def test_smoke_run_fills_the_loss_matrix_and_the_curve():
   assert [e["step"] for e in results["curve"]] == [1, 2, 3, 6, 7, 8, 9, 12]
   assert results["tokens_seen"] == 12 * 8 * 16
   assert results["train_compiles"] == results["traces"]["train"] == 1
+  assert results["anneal_branches"] is None  # re-warmed cosine: nothing to branch
   # MFU: the FLOPs executed over the smoke preset's given peak (1 TFLOP/s a device), named.
   peak = 1e12 * results["devices"]["count"]
   assert results["peak"]["source"] == "config" and results["peak"]["flops"] == peak

@@ -360,7 +360,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     "flops_seen": progress.flops,
     "curve": list(progress.curve),
     "growth_events": list(progress.growth_events),
-    "anneal_branches": [list(w) if w else None for w in branch] if branch else None,
+    "anneal_branches": [list(w) if w else None for w in branch] if any(branch or ()) else None,
     "num_params": state_lib.count_params(state.params),
     "train_seconds": round(progress.train_seconds, 2),
     "tokens_per_sec": round(tokens_per_sec, 1),
