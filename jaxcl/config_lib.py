@@ -166,7 +166,9 @@ def cpt_base_config() -> ConfigDict:
   c.train.per_device_microbatch = 0  # >0: microbatches of this many rows per device instead
   c.train.loss_chunk = 0  # lm: cross-entropy in chunks of this many positions (0 = whole)
   c.train.peak_tflops = 0.0  # per device, for MFU; 0 = measure a matmul on this device
-  c.train.anneal_branch = False  # infinite/wsd: later domains resume from the pre-anneal state
+  # infinite/wsd: a domain's anneal is an evaluation branch, the next domain continues from the
+  # pre-anneal state (Ibrahim et al. 2024 §7); False: it continues from the annealed weights
+  c.train.anneal_branch = True
 
   c.eval = ConfigDict()
   c.eval.every_steps = 50  # validation loss of every domain

@@ -16,6 +16,8 @@ The writers of the run outputs (metrics.jsonl, TensorBoard, CSV, PNG, results.js
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -107,6 +109,18 @@ def cil_summary(acc: np.ndarray, counts: np.ndarray, task_il_acc: np.ndarray | N
   return out
 
 
+def bits_per_byte(nats_per_token, sizes, names) -> dict:
+  """Validation losses in bits per UTF-8 byte, comparable across tokenizers: nats per token x
+  tokens / bytes / ln 2 per domain (`sizes[j]` = (target tokens, bytes) of its windows)."""
+  bpt = [b / max(t, 1) for t, b in sizes]  # bytes per token
+  bpb = [float(x) / max(r, 1e-12) / math.log(2) for x, r in zip(nats_per_token, bpt, strict=True)]
+  return {
+    "bytes_per_token": dict(zip(names, bpt, strict=True)),
+    "final_bits_per_byte": dict(zip(names, bpb, strict=True)),
+    "final_avg_bits_per_byte": float(np.mean(bpb)),
+  }
+
+
 def loss_summary(loss: np.ndarray) -> dict:
   """The continual-pretraining summary numbers of results.json (DESIGN.md §3).
 
@@ -118,6 +132,8 @@ def loss_summary(loss: np.ndarray) -> dict:
     `final_avg_loss`: mean of the last row; `forgetting`: list over old domains j < D-1 of
     loss[D-1, j] − loss[j, j] (positive = the model got worse on domain j), empty for D = 1.
   """
+  if np.ndim(loss) == 2 and len(loss) == 1:  # one stage over every domain: the union baseline
+    return {"final_avg_loss": float(np.mean(loss[0])), "forgetting": []}
   loss = _square(loss, "loss")
   d = len(loss)
   return {

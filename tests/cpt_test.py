@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import signal
@@ -34,6 +35,12 @@ def test_smoke_run_fills_the_loss_matrix_and_the_curve():
   assert [e["step"] for e in results["curve"]] == [1, 2, 3, 6, 7, 8, 9, 12]
   assert results["tokens_seen"] == 12 * 8 * 16
   assert results["train_compiles"] == results["traces"]["train"] == 1
+  assert results["anneal_branches"] is None  # re-warmed cosine: nothing to branch
+  # MFU: the FLOPs executed over the smoke preset's given peak (1 TFLOP/s a device), named.
+  peak = 1e12 * results["devices"]["count"]
+  assert results["peak"]["source"] == "config" and results["peak"]["flops"] == peak
+  mfu = results["flops_seen"] / results["train_seconds"] / peak
+  assert results["mfu"] == pytest.approx(mfu, rel=0.05) and results["mfu_phases"] == []
   written = json.loads((workdir / "results.json").read_text())
   assert written["loss_matrix"] == results["loss_matrix"]
   assert (workdir / "loss_matrix.csv").exists() and (workdir / "loss_curves.png").exists()
@@ -115,17 +122,32 @@ def test_a_new_domain_resets_the_moments_but_keeps_the_global_schedule():
   assert counts == [5]
 
 
-def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_path):
+def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_path, monkeypatch):
+  """Infinite schedule (the branch is the default): domain 1 starts from the weights saved
+  before domain 0's anneal, not from the annealed ones, which are kept as a side state whose
+  validation loss is the loss-matrix row (Ibrahim et al. 2024 §7)."""
   overrides = {
     "schedule.name": "infinite_cosine",
     "schedule.eta_const": 1e-3,
     "schedule.cooldown_steps": 2,  # cooldown [0, 2), constant [2, 4), anneal [4, 6)
     "schedule.anneal_steps": 2,
-    "train.anneal_branch": True,
     "train.log_every_steps": 1,
   }
   config = load_config("cpt", "smoke", **overrides)
+  assert config.train.anneal_branch and config.schedule.anneal_every_domain
+  starts = {}  # params at the start of each domain, as the loop hands them to the domain
+  real_train_stages = loop.train_stages
+
+  def spy(run, hooks, *args, **kwargs):
+    def begin_stage(compiled, state, d):
+      starts[d] = jax.tree.map(np.asarray, jax.device_get(state.params))
+      return hooks.begin_stage(compiled, state, d)
+
+    return real_train_stages(run, hooks._replace(begin_stage=begin_stage), *args, **kwargs)
+
+  monkeypatch.setattr(loop, "train_stages", spy)
   results = lm_run.run(config, str(tmp_path))
+  assert results["anneal_branches"] == [[4, 6], [10, 12]]
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   lr = {x["step"]: x["lr"] for x in lines if "lr" in x}
   # The logged lr of step s is the schedule at s - 1.
@@ -137,5 +159,61 @@ def test_anneal_branch_resumes_the_next_domain_from_the_pre_anneal_state(tmp_pat
   assert pre_anneal["progress"]["stage"] == 0 and pre_anneal["progress"]["step_in_stage"] == 4
   pre = ckpt.read_state(ckpt.steps()[0])
   ckpt.close()
-  assert int(pre["step"]) == 4
+  branches = checkpoint.Checkpointer(str(tmp_path / "anneal_branches"))
+  annealed, branch_meta = branches.read_state(0), branches.read_meta(0)
+  branches.close()
+  assert int(pre["step"]) == 4 and int(annealed["step"]) == 6
+  for got, want in zip(jax.tree.leaves(starts[1]), jax.tree.leaves(pre["params"]), strict=True):
+    np.testing.assert_array_equal(got, want)  # domain 1 starts from the pre-anneal weights
+  moved = [
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(starts[1]), jax.tree.leaves(annealed["params"]), strict=True)
+  ]
+  assert any(moved)  # ... which the 2 annealed steps changed
+  # The branch's losses are the loss-matrix row of domain 0.
+  row = [branch_meta["val_loss"][n] for n in results["domains"]]
+  np.testing.assert_allclose(results["loss_matrix"][0], row, rtol=1e-6)
   assert np.isfinite(results["loss_matrix"]).all()
+
+
+def test_anneal_only_after_the_last_domain_is_the_other_choice(tmp_path):
+  overrides = {
+    "schedule.name": "wsd",
+    "schedule.decay_steps": 2,
+    "schedule.anneal_every_domain": False,
+    "train.log_every_steps": 1,
+  }
+  results = lm_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  assert results["anneal_branches"] == [None, [10, 12]]
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  lr = {x["step"]: x["lr"] for x in lines if "lr" in x}
+  assert lr[6] == lr[7] == pytest.approx(3e-3)  # stable through the end of domain 0 ...
+  assert lr[12] < lr[11] == pytest.approx(3e-3)  # ... and only the last domain decays
+  assert not (tmp_path / "anneal_branches").exists()
+
+
+def test_union_baseline_is_one_stage_on_every_domain_with_the_same_tokens(tmp_path):
+  overrides = {"data.union": True, "replay.fraction": 0.0}
+  results = lm_run.run(load_config("cpt", "smoke", **overrides), str(tmp_path))
+  loss = np.asarray(results["loss_matrix"])
+  assert loss.shape == (1, 2) and np.isfinite(loss).all()  # one row, every domain evaluated
+  assert results["tokens_seen"] == 12 * 8 * 16  # the token budget of the two-domain sequence
+  assert results["final_avg_loss"] == pytest.approx(loss[0].mean()) and results["forgetting"] == []
+  assert results["train_compiles"] == 1
+  # Bits per byte: byte tokens are a byte each but the EOS separators, which carry none.
+  for name, nats in zip(results["domains"], loss[0], strict=True):
+    per_token = results["bytes_per_token"][name]
+    assert 0.9 < per_token <= 1.0
+    assert results["final_bits_per_byte"][name] == pytest.approx(nats / math.log(2) / per_token)
+
+
+def test_presets_default_three_domains_prose_code_and_the_union_baseline():
+  default, union = load_config("cpt"), load_config("cpt", "union")
+  assert len(default.data.domains.split(",")) == 3
+  assert load_config("cpt", "prose_code").data.domains == "prose,code"
+  assert union.data.union and not default.data.union
+  assert union.data.domains == default.data.domains  # the same domains ...
+  same = ("train.steps_per_domain", "data.batch_size", "data.seq_len", "model.preset")
+  for key in same:  # ... and the same token budget and model
+    section, field = key.split(".")
+    assert union[section][field] == default[section][field], key

@@ -39,6 +39,13 @@ def test_growth_config_smoke_run(name, tmp_path):
   flops = [p["flops"] for p in results["curve"]]
   assert all(b > a for a, b in zip(flops, flops[1:], strict=False))
   assert results["flops_seen"] == pytest.approx(flops[-1])
+  # MFU per model shape: the small model's steps, then the grown model's.
+  last = config.train.steps_per_domain * len(results["domains"])
+  small, grown = results["mfu_phases"]
+  assert [small["steps"], grown["steps"]] == [[0, event["step"]], [event["step"], last]]
+  assert small["flops"] + grown["flops"] == pytest.approx(results["flops_seen"])
+  per_step = [p["flops"] / (p["steps"][1] - p["steps"][0]) for p in (small, grown)]
+  assert per_step[1] > per_step[0]
   assert np.isfinite(results["loss_matrix"]).all()
   written = json.loads((tmp_path / "results.json").read_text())
   assert written["growth_events"] == results["growth_events"]

@@ -26,7 +26,10 @@ class _Domain:
 SOURCES = [_Domain(d, n=40 + 7 * d) for d in range(4)]
 
 
-def _make(current, fraction=0.25, mode="carve", batch=16, seed=7, **kw):
+TRAINED = (4, 4, 4)  # steps the earlier domains trained, in the tests that do not vary them
+
+
+def _make(current, fraction=0.25, mode="carve", batch=16, seed=7, trained=TRAINED, **kw):
   return replay.ReplayIterator(
     SOURCES,
     current,
@@ -34,6 +37,7 @@ def _make(current, fraction=0.25, mode="carve", batch=16, seed=7, **kw):
     mode=mode,
     global_batch=batch,
     seed=seed,
+    trained_steps=trained,
     sharding=None,
     **kw,
   )
@@ -96,7 +100,9 @@ def test_deterministic_for_a_seed():
 def test_without_replay_it_matches_the_plain_text_iterator():
   sh = sharding.batch_sharding(sharding.make_mesh())
   kw = dict(global_batch=16, seed=7, sharding=sh)
-  plain = pipeline.TrainIterator(SOURCES[2], np.arange(len(SOURCES[2])), lambda x, rng: x, **kw)
+  plain = pipeline.TrainIterator(
+    SOURCES[2], np.arange(len(SOURCES[2])), lambda x, rng: x, **dict(kw, seed=7002)
+  )
   mixed = replay.ReplayIterator(
     SOURCES, 2, fraction=0.0, mode="carve", global_batch=16, seed=7, sharding=sh
   )
@@ -149,7 +155,7 @@ def test_process_shards_are_exact_disjoint_and_resumable(processes):
 def test_global_batches_on_the_mesh():
   sh = sharding.batch_sharding(sharding.make_mesh())
   it = replay.ReplayIterator(
-    SOURCES, 1, fraction=0.5, mode="add", global_batch=16, seed=0, sharding=sh
+    SOURCES, 1, fraction=0.5, mode="add", global_batch=16, seed=0, trained_steps=(2,), sharding=sh
   )
   batch = next(it)
   assert batch["tokens"].shape == (24, 3) and batch["domain"].shape == (24,)
@@ -161,6 +167,8 @@ def test_errors_name_the_problem():
     _make(1, mode="mix")
   with pytest.raises(ValueError, match="no current row"):
     _make(1, fraction=0.99)
+  with pytest.raises(ValueError, match="trained steps"):
+    _make(2, trained=(4,))
   with pytest.raises(ValueError, match="processes"):
     _make(1, fraction=0.125, mode="add", batch=8, process_index=0, process_count=4)  # 9 rows
 
@@ -172,8 +180,8 @@ def test_from_config():
     {"seed": 7, "replay": replay.default_config().to_dict(), "data": {"batch_size": 16}}
   )
   config.replay.fraction = 0.25
-  a = replay.from_config(config, SOURCES, 3, sharding=None)
-  b = _make(3, seed=7 * 1000 + 3)
+  a = replay.from_config(config, SOURCES, 3, trained_steps=TRAINED, sharding=None)
+  b = _make(3, seed=7)
   np.testing.assert_array_equal(a.next_local()["tokens"], b.next_local()["tokens"])
 
 
@@ -215,7 +223,72 @@ def test_from_config_passes_the_process_and_the_sharding():
   )
   mesh = sharding.make_mesh(1)
   batch_sh = sharding.batch_sharding(mesh)
-  it = replay.from_config(config, SOURCES, 2, sharding=batch_sh, process_index=1, process_count=2)
-  direct = _make(2, seed=7 * 1000 + 2, process_index=1, process_count=2)
+  kw = dict(trained_steps=TRAINED, sharding=batch_sh, process_index=1, process_count=2)
+  it = replay.from_config(config, SOURCES, 2, **kw)
+  direct = _make(2, seed=7, process_index=1, process_count=2)
   np.testing.assert_array_equal(it.next_local()["tokens"], direct.next_local()["tokens"])
   assert next(it)["tokens"].sharding == batch_sh
+
+
+def _trained_windows(domain, steps, processes, **kw):
+  """The windows domain `domain`'s own rows covered in `steps` steps, over all processes."""
+  its = [_make(domain, process_index=p, process_count=processes, **kw) for p in range(processes)]
+  seen = set()
+  for _ in range(steps):
+    for it in its:
+      batch = it.next_local()
+      seen |= {int(x) % 1000 for x in batch["tokens"][batch["domain"] == domain, 0]}
+  return seen
+
+
+@pytest.mark.parametrize("mode", ["carve", "add"])
+@pytest.mark.parametrize("processes", [1, 2])
+def test_replay_draws_only_windows_the_earlier_domains_trained_on(mode, processes):
+  kw = dict(fraction=0.25, mode=mode, batch=8)
+  trained = (3, 2)  # fewer steps than an epoch of either domain
+  seen = [_trained_windows(d, trained[d], processes, trained=trained, **kw) for d in range(2)]
+  assert all(0 < len(s) < len(SOURCES[d]) for d, s in enumerate(seen))
+  its = [
+    _make(2, process_index=p, process_count=processes, trained=trained, **kw)
+    for p in range(processes)
+  ]
+  drawn = {0: set(), 1: set()}
+  for _ in range(40):  # several epochs of each replay stream
+    for it in its:
+      batch = it.next_local()
+      for d, row in zip(batch["domain"], batch["tokens"][:, 0], strict=True):
+        if d < 2:
+          assert int(row) % 1000 in seen[d], f"replayed window {row} domain {d} never trained on"
+          drawn[int(d)].add(int(row) % 1000)
+  if processes == 1:  # every trained window comes back (with 2, the rows of a domain can all
+    assert drawn == {0: seen[0], 1: seen[1]}  # be dealt to one process: half its stream)
+  assert all(len(drawn[d]) >= len(seen[d]) // 2 for d in range(2))
+  for d, it in enumerate(its[0].seen):  # SeenWindows lists exactly those
+    assert set(it.ids().tolist()) == seen[d]
+
+
+def test_a_domain_trained_past_an_epoch_replays_all_its_windows():
+  seen = replay.SeenWindows(SOURCES[0], replay.stream_seed(7, 0), np.asarray([41]))
+  assert len(seen) == len(SOURCES[0]) and sorted(seen.ids().tolist()) == list(range(40))
+
+
+@pytest.mark.parametrize("fraction, batch", [(0.05, 16), (0.1, 24), (0.3, 8)])
+def test_long_run_replay_fraction_is_exact_within_one_row(fraction, batch):
+  plan = replay.Plan(current=3, fraction=fraction, mode="carve", global_batch=batch)
+  counts = plan.counts_of(np.arange(2000))  # [S, 4]
+  assert (counts.sum(1) == batch).all() and (counts >= 0).all()
+  steps = np.arange(1, 2001)
+  replayed = np.cumsum(counts[:, :3], axis=0)  # [S, 3], after each prefix of steps
+  assert np.abs(replayed.sum(1) - fraction * batch * steps).max() <= 1.0
+  assert np.abs(replayed - fraction * batch * steps[:, None] / 3).max() <= 1.0
+  # The iterator reads exactly those counts (the old per-batch rounding: 1 of 16 = 6.25%).
+  it = _make(3, fraction=fraction, batch=batch)
+  got = [np.bincount(it.next_local()["domain"], minlength=4) for _ in range(60)]
+  np.testing.assert_array_equal(got, counts[:60])
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_consumed_matches_the_rows_read(processes):
+  plan = replay.Plan(current=2, fraction=0.05, mode="carve", global_batch=24)
+  total = sum(plan.local_counts(s, processes) for s in range(97))
+  np.testing.assert_array_equal(plan.consumed(97, processes, chunk=10), total)

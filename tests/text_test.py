@@ -414,3 +414,36 @@ def test_valid_batches_are_fixed_and_masked():
     np.testing.assert_array_equal(m1, m2)
   assert text.valid_indices(7, 20).tolist() == list(range(7))
   assert os.path.isdir(text.stdlib_root())
+
+
+def test_docstrings_and_reference_split_the_prose_domain():
+  tok = text.ByteTokenizer()
+  reference = text.load_domain("reference", tok, seq_len=64)
+  assert sum(reference.num_documents) == len(text.pydoc_topics()) > 50
+  # A folder's prose has no topics: its docstrings are the same documents.
+  docstrings = text.load_domain("docstrings:json", tok, seq_len=16, valid_fraction=0.2)
+  prose = text.load_domain("prose:json", tok, seq_len=16, valid_fraction=0.2)
+  assert docstrings.num_documents == prose.num_documents
+  assert docstrings.train.num_tokens == prose.train.num_tokens
+
+
+def test_union_lists_every_source_window_once():
+  tok = text.ByteTokenizer()
+  a = text.load_domain("prose:json", tok, seq_len=16, valid_fraction=0.2).train
+  b = text.load_domain("code:json", tok, seq_len=16, valid_fraction=0.2).train
+  u = text.Union([a, b])
+  assert len(u) == len(a) + len(b)
+  np.testing.assert_array_equal(u[0]["tokens"], a[0]["tokens"])
+  np.testing.assert_array_equal(u[len(a) - 1]["tokens"], a[len(a) - 1]["tokens"])
+  np.testing.assert_array_equal(u[len(a)]["tokens"], b[0]["tokens"])
+  np.testing.assert_array_equal(u[len(u) - 1]["tokens"], b[len(b) - 1]["tokens"])
+
+
+def test_valid_bytes_counts_the_utf8_bytes_of_the_targets():
+  tok = text.ByteTokenizer()
+  valid = text.load_domain("prose:json", tok, seq_len=16, valid_fraction=0.2).valid
+  tokens, nbytes = text.valid_bytes(valid, num_sequences=4, tokenizer=tok)
+  windows = [valid[int(i)]["tokens"][1:] for i in text.valid_indices(len(valid), 4)]
+  assert tokens == 16 * len(windows)
+  # Byte tokens: one byte each, the EOS separators none.
+  assert nbytes == sum(int((w < 256).sum()) for w in windows) < tokens + 1

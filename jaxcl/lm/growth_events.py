@@ -155,8 +155,9 @@ class GrowthPlan:
     self.config, self.loss_fn, self.tx = config, loss_fn, tx
     self.num_domains = num_domains
     self.events = parse_events(config.growth)
-    if self.events and config.train.anneal_branch:
-      raise ValueError("growth events with train.anneal_branch are not supported")
+    steps = [config.train.steps_per_domain] * num_domains
+    if self.events and config.train.anneal_branch and any(schedules.anneal_windows(config, steps)):
+      raise ValueError("growth events with anneal branches (train.anneal_branch) are not supported")
     self.ops, self.cfgs = [], [model_cfg]
     for e in self.events:
       op = (

@@ -26,7 +26,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from jaxcl import metrics, optim, sharding, writers
+from jaxcl import checkpoint, metrics, optim, sharding, writers
 from jaxcl.data import text
 from jaxcl.engine import loop, microbatch, throughput
 from jaxcl.engine import state as state_lib
@@ -45,6 +45,7 @@ class LmProgress(Progress):
   curve: tuple = ()  # {step, tokens, flops, domain, val_loss} per evaluation
   growth_events: tuple = ()  # one record per event applied
   pre_anneal: int | None = None  # checkpoint id of the state before this domain's anneal
+  phase_starts: tuple = ()  # per growth event: {step, flops, train_seconds} when it happened
 
 
 class ShapeSteps(NamedTuple):
@@ -89,6 +90,24 @@ def _skip(state, end):
   return state.replace(step=end, opt=opt)
 
 
+def mfu_phases(progress: LmProgress, last_step: int, peak: float) -> list[dict]:
+  """Per model shape of a growth run ([] without events): its steps, executed FLOPs and MFU.
+
+  Seconds are the step loops' as of the last log before each event (`train.log_every_steps`).
+  """
+  starts = [{"step": 0, "flops": 0.0, "train_seconds": 0.0}, *progress.phase_starts]
+  if len(starts) == 1:
+    return []
+  end = {"step": last_step, "flops": progress.flops, "train_seconds": progress.train_seconds}
+  ends = [*progress.phase_starts, end]
+  out = []
+  for a, b in zip(starts, ends, strict=True):
+    flops, seconds = b["flops"] - a["flops"], b["train_seconds"] - a["train_seconds"]
+    steps = [a["step"], b["step"]]
+    out.append({"steps": steps, "flops": flops, "mfu": flops / max(seconds, 1e-9) / peak})
+  return out
+
+
 def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   """Trains the domain sequence; returns the results.json dict (DESIGN.md §3)."""
   r = loop.start_run(config, workdir, traces)
@@ -104,6 +123,13 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     train_sources = [wrap(s, i) for i, s in enumerate(train_sources)]
     valid_sources = [wrap(s, 500 + i) for i, s in enumerate(valid_sources)]  # other masks
   steps = [int(config.train.steps_per_domain)] * len(names)
+  if data.union:  # the union baseline: one stage over every domain's windows, the same tokens
+    train_sources, steps = [text.Union(train_sources)], [sum(steps)]
+  # Bits per byte (lm): the target tokens of each domain's validation windows and their bytes.
+  sizes = [
+    text.valid_bytes(s, num_sequences=data.valid_sequences, tokenizer=tokenizer)
+    for s in (valid_sources if config.train.objective == "lm" else ())
+  ]
   schedule = growth_events.lr_schedule(config.growth, schedules.make(config, steps), sum(steps))
   tx = optim.make_optimizer(config.optim, schedule)
   objective = objectives.make(config.train.objective, chunk=config.train.loss_chunk)
@@ -112,7 +138,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   # `seen` / `current` mark domains here (trained so far / being trained).
   graphdef, state = state_lib.init_state(model, nnx.Param, tx, {}, len(names), config.seed)
   del model
-  rows = replay.from_config(config, train_sources, 0, sharding=batch_sh).plan.rows
+  rows = replay.Plan(0, config.replay.fraction, config.replay.mode, data.batch_size).rows
   sharding.check_batch(rows, r.mesh, "data.batch_size plus replay rows")
   tokens_per_step = rows * data.seq_len
   microbatches = microbatch.count(
@@ -121,11 +147,15 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     microbatches=config.train.microbatches,
     per_device=config.train.per_device_microbatch,
   )
-  peak = throughput.peak_flops(config.train.peak_tflops, jax.device_count())
-  # Infinite / WSD schedules with `train.anneal_branch`: the anneal of a domain is a branch
-  # (evaluated, then dropped); the next domain resumes the state from before it (Ibrahim et
-  # al. 2024 §7; Singh et al. 2025).
+  peak = throughput.find_peak(config.train.peak_tflops, jax.devices(), config.model.dtype)
+  # Infinite / WSD schedules with `train.anneal_branch` (the default): the anneal of a domain is
+  # an evaluation branch (its loss-matrix row; its weights saved in anneal_branches/), and the
+  # next domain resumes the state from before it (Ibrahim et al. 2024 §7; Singh et al. 2025).
   branch = schedules.anneal_windows(config, steps) if config.train.anneal_branch else None
+  branches = []  # the Checkpointer of anneal_branches/, opened by the first branch
+  # Replay draws what each domain's main line trained on: not the steps of a dropped branch.
+  starts, main_line = np.cumsum(steps) - steps, branch or [None] * len(steps)
+  trained = [w[0] - s if w else n for w, n, s in zip(main_line, steps, starts, strict=True)]
 
   def begin(state, domain):
     opt = state.opt
@@ -185,7 +215,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
 
   def batches(d, compiled, data_state):
     del compiled
-    it = replay.from_config(config, train_sources, d, sharding=batch_sh)
+    it = replay.from_config(config, train_sources, d, trained_steps=trained, sharding=batch_sh)
     if data_state is not None:
       it.set_state(data_state)
     return it
@@ -204,8 +234,10 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     )
     extra = event["extra_tokens"]
     p = view.progress
+    start = {"step": view.global_step, "flops": p.flops, "train_seconds": p.train_seconds}
     p = dataclasses.replace(
       p,
+      phase_starts=(*p.phase_starts, start),
       growth_events=(*p.growth_events, event),
       tokens=p.tokens + extra,  # read by a trained operator (LiGO)
       flops=p.flops + extra * models.flops_per_token(plan.cfgs[done + 1], data.seq_len),
@@ -238,7 +270,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
       "loss": loss,
       "lr": float(schedule(global_step - 1)),
       "tokens_per_sec": tok_s,
-      "mfu": compiled.other.flops_per_token * tok_s / peak,
+      "mfu": compiled.other.flops_per_token * tok_s / peak.flops,
     }
 
   def evaluate(compiled, state, progress, global_step, writer):
@@ -253,6 +285,13 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     writer.write(global_step, {f"val_loss/{n}": v for n, v in val.items()})
     return dataclasses.replace(progress, curve=(*progress.curve, point))
 
+  def save_branch(d: int, state, val_loss: dict) -> None:
+    """The annealed weights of domain `d` (a deployable side state), under id `d`."""
+    if not branches:
+      branches.append(checkpoint.Checkpointer(os.path.join(r.workdir, "anneal_branches")))
+    meta = {"domain": d, "step": int(state.step), "window": list(branch[d]), "val_loss": val_loss}
+    branches[0].save(d, state, data_state=None, meta=meta, keep_forever=True)
+
   def end_stage(graphdef, compiled, state, p):
     del graphdef
     d = p.stage
@@ -261,13 +300,14 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     else:
       final = dict(zip(names, validate(compiled, state), strict=True))
     p = dataclasses.replace(p, rows=(*p.rows, [final[n] for n in names]))
-    if p.pre_anneal is not None and d + 1 < len(names):
+    if p.pre_anneal is not None and d + 1 < len(steps):
+      save_branch(d, state, final)
       r.ckpt.wait()
       state = r.ckpt.restore(compiled.other.abstract, step=p.pre_anneal).state
       state = compiled.other.skip_to(state, jnp.int32(branch[d][1]))
       logging.info("domain %d: continuing from the pre-anneal state at step %d", d, branch[d][1])
     p = dataclasses.replace(p, pre_anneal=None)
-    logging.info("domain %d/%d (%s): validation loss %s", d + 1, len(names), names[d], final)
+    logging.info("domain %d/%d (%s): validation loss %s", d + 1, len(steps), names[d], final)
     if r.main_process:
       loss_csv = os.path.join(r.workdir, "loss_matrix.csv")
       writers.write_matrix_csv(loss_csv, np.asarray(p.rows), "after_domain", "loss_")
@@ -306,22 +346,28 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   graphdef, state, progress = loop.train_stages(
     r, hooks, steps, graphdef, state, progress, data_state, meta
   )
+  for b in branches:
+    b.close()
   loss = np.asarray(progress.rows)
   tokens_per_sec = progress.tokens / max(progress.train_seconds, 1e-9)
-  model_flops = flops_per_token(graphdef, state)
   results = {
     "domains": names,
     "objective": config.train.objective,
     "loss_matrix": loss.round(6).tolist(),
     **metrics.loss_summary(loss),
+    **(metrics.bits_per_byte(loss[-1], sizes, names) if sizes else {}),
     "tokens_seen": progress.tokens,
     "flops_seen": progress.flops,
     "curve": list(progress.curve),
     "growth_events": list(progress.growth_events),
+    "anneal_branches": [list(w) if w else None for w in branch] if any(branch or ()) else None,
     "num_params": state_lib.count_params(state.params),
     "train_seconds": round(progress.train_seconds, 2),
     "tokens_per_sec": round(tokens_per_sec, 1),
     "skipped_steps": progress.skipped_steps,
-    "mfu": model_flops * round(tokens_per_sec, 1) / peak,
+    # Executed model FLOPs (each step at its phase's model shape) over the devices' peak.
+    "mfu": progress.flops / max(progress.train_seconds, 1e-9) / peak.flops,
+    "mfu_phases": mfu_phases(progress, int(state.step), peak.flops),
+    "peak": peak.to_json(),
   }
   return loop.finish(r, results)

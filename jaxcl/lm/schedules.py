@@ -44,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.anneal_fraction = 0.14  # infinite: the last 14% of a domain (NeoX 405M: 0.86 T -> T)
   c.anneal_steps = 0  # >0 overrides anneal_fraction
   c.anneal_shape = "exp"  # exp | linear | cosine | sqrt
-  c.anneal_every_domain = True  # False: only the last domain anneals (also wsd decays)
+  c.anneal_every_domain = True  # each domain (a branch, train.anneal_branch); False: last only
   c.decay_fraction = 0.1  # wsd: MiniCPM found ~10% of the tokens enough (2.5% not)
   c.decay_steps = 0  # >0 overrides decay_fraction
   c.decay_shape = "exp"  # wsd decay: exp (MiniCPM) | linear | cosine | sqrt

@@ -21,11 +21,13 @@ from jaxcl.data.text.corpora import (
 )
 from jaxcl.data.text.domains import (
   Domain,
+  Union,
   default_config,
   held_out,
   load_domain,
   load_domains,
   valid_batches,
+  valid_bytes,
   valid_indices,
 )
 from jaxcl.data.text.masking import MaskedSource, mask_tokens
@@ -52,6 +54,7 @@ __all__ = [
   "MaskedSource",
   "PackedSource",
   "SentencePieceTokenizer",
+  "Union",
   "bin_bounds",
   "default_config",
   "glob_documents",
@@ -69,5 +72,6 @@ __all__ = [
   "tfds_documents",
   "tokenize_documents",
   "valid_batches",
+  "valid_bytes",
   "valid_indices",
 ]

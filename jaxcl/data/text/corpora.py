@@ -20,6 +20,7 @@ _SKIP_DIRS = frozenset(
   "ensurepip".split()
 )
 _DOC_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+TOPICS_ID = "pydoc_data.topics:"  # the id prefix of the `help()` topics
 
 
 def stdlib_root() -> str:
@@ -118,7 +119,7 @@ def pydoc_topics() -> list[tuple[str, str]]:
   """(`pydoc_data.topics:<key>`, text) for every topic of `help()`, sorted by key."""
   from pydoc_data import topics  # noqa: PLC0415
 
-  return [(f"pydoc_data.topics:{k}", topics.topics[k]) for k in sorted(topics.topics)]
+  return [(f"{TOPICS_ID}{k}", topics.topics[k]) for k in sorted(topics.topics)]
 
 
 def glob_documents(pattern: str) -> list[tuple[str, str]]:

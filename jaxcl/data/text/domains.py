@@ -6,6 +6,8 @@ tokens (jaxcl/data/text/packing.py). Source specs (offline; DESIGN.md §5):
 
   prose[:<dir>]   docstrings of the running Python's stdlib (or of its folder <dir>), and
                   for the whole stdlib the `pydoc_data.topics` texts.
+  docstrings[:<dir>]  the docstrings alone (prose without the topics).
+  reference       the `pydoc_data.topics` texts alone: the language reference of `help()`.
   code[:<dir>]    the stdlib's `.py` files with their docstrings stripped (`code:email`).
   glob:<pattern>  text files, one document each (UTF-8, sorted paths).
   bin:<path>      nanoGPT-style flat token stream (`data.bin_dtype`, uint16 default) in which
@@ -37,6 +39,7 @@ from jaxcl.data.text.packing import (
   record_lengths,
   tokenize_documents,
 )
+from jaxcl.data.text.tokenizers import ByteTokenizer
 
 
 def held_out(ids: Sequence, fraction: float, seed: int = 0) -> np.ndarray:
@@ -106,16 +109,20 @@ def load_domain(
       bounds = bin_bounds(tokens, tokenizer.eos_id)
       ids = range(len(bounds) - 1)
     else:
-      if kind in ("prose", "code"):
+      if kind in ("prose", "code", "docstrings"):
         docs = corpora.stdlib_documents(arg)[kind == "code"]
+        if kind == "docstrings":
+          docs = [d for d in docs if not d[0].startswith(corpora.TOPICS_ID)]
+      elif kind == "reference":
+        docs = corpora.pydoc_topics()
       elif kind == "glob":
         docs = corpora.glob_documents(arg)
       elif kind == "tfds":
         docs = corpora.tfds_documents(arg, split=tfds_split, text_key=text_key, data_dir=data_dir)
       else:
         raise ValueError(
-          f"unknown text domain {spec!r}: prose[:<dir>] | code[:<dir>] | glob:<pattern> | "
-          "bin:<path> | arrayrecord:<pattern> | tfds:<name>"
+          f"unknown text domain {spec!r}: prose[:<dir>] | docstrings[:<dir>] | reference | "
+          "code[:<dir>] | glob:<pattern> | bin:<path> | arrayrecord:<pattern> | tfds:<name>"
         )
       docs = docs[:max_documents] if max_documents else docs
       tokens, bounds = tokenize_documents([text for _, text in docs], tokenizer)
@@ -148,6 +155,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.text_key = "text"  # tfds feature holding the text
   c.tfds_split = "train"
   c.mlm_probability = 0.0  # >0: BERT-style masked LM examples instead of causal windows
+  c.union = False  # one stage on the union of the domains' windows (the union baseline)
   return c
 
 
@@ -163,6 +171,21 @@ def load_domains(data, tokenizer) -> list[Domain]:
   return [load_domain(s, tokenizer, data_dir=data.dir, **kw) for s in specs]
 
 
+class Union:
+  """The windows of several sources as one source: theirs in order (the union baseline)."""
+
+  def __init__(self, sources: Sequence):
+    self.sources = list(sources)
+    self._ends = np.cumsum([len(x) for x in self.sources])  # [D]
+
+  def __len__(self) -> int:
+    return int(self._ends[-1])
+
+  def __getitem__(self, i: int):
+    d = int(np.searchsorted(self._ends, int(i), side="right"))
+    return self.sources[d][int(i) - (int(self._ends[d - 1]) if d else 0)]
+
+
 # --- validation batches ------------------------------------------------------------------
 
 
@@ -175,6 +198,21 @@ def valid_indices(num_windows: int, num_sequences: int) -> np.ndarray:
   """`num_sequences` windows spread evenly over the split (all of them when fewer)."""
   k = min(num_windows, num_sequences) if num_sequences > 0 else num_windows
   return np.unique((np.arange(k, dtype=np.int64) * num_windows) // max(k, 1))
+
+
+def valid_bytes(source, *, num_sequences: int, tokenizer) -> tuple[int, int]:
+  """(target tokens, their UTF-8 bytes) of the validation windows `valid_batches` reads: the
+  denominator of bits per byte, comparable across tokenizers. Specials count no bytes; byte
+  tokens are counted exactly (a decoded window may split a character)."""
+  tokens = nbytes = 0
+  for i in valid_indices(len(source), num_sequences):
+    targets = source[int(i)]["tokens"][1:]  # [L]
+    tokens += len(targets)
+    if isinstance(tokenizer, ByteTokenizer):
+      nbytes += int((targets < 256).sum())
+    else:
+      nbytes += len(tokenizer.decode(targets).encode("utf-8"))
+  return tokens, nbytes
 
 
 def valid_batches(
