@@ -39,13 +39,14 @@ def test_growth_config_smoke_run(name, tmp_path):
   flops = [p["flops"] for p in results["curve"]]
   assert all(b > a for a, b in zip(flops, flops[1:], strict=False))
   assert results["flops_seen"] == pytest.approx(flops[-1])
-  # MFU per model shape: the small model's steps, then the grown model's.
+  # MFU per model shape: one phase per shape, back to back from step 0 to the last step.
   last = config.train.steps_per_domain * len(results["domains"])
-  small, grown = results["mfu_phases"]
-  assert [small["steps"], grown["steps"]] == [[0, event["step"]], [event["step"], last]]
-  assert small["flops"] + grown["flops"] == pytest.approx(results["flops_seen"])
-  per_step = [p["flops"] / (p["steps"][1] - p["steps"][0]) for p in (small, grown)]
-  assert per_step[1] > per_step[0]
+  phases = results["mfu_phases"]
+  bounds = [0, *(e["step"] for e in events), last]
+  assert [p["steps"] for p in phases] == [list(b) for b in zip(bounds, bounds[1:], strict=False)]
+  assert sum(p["flops"] for p in phases) == pytest.approx(results["flops_seen"])
+  per_step = [p["flops"] / (p["steps"][1] - p["steps"][0]) for p in phases]
+  assert all(b > a for a, b in zip(per_step, per_step[1:], strict=False))
   assert np.isfinite(results["loss_matrix"]).all()
   written = json.loads((tmp_path / "results.json").read_text())
   assert written["growth_events"] == results["growth_events"]
@@ -72,7 +73,7 @@ def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_thro
   straight, straight_dir = shared_run("growth_stack", **overrides)
   # A run "killed" after `keep_through_step` steps: its later checkpoints never happened.
   shutil.copytree(straight_dir, tmp_path / "b")
-  for name in ("results.json", "shared_run.json"):
+  for name in ("results.json", "made_once.json"):
     os.remove(tmp_path / "b" / name)
   for i, step in _ckpt_steps(tmp_path / "b").items():
     if step > keep_through_step and later == "deleted":
