@@ -60,6 +60,7 @@ def base_config() -> ConfigDict:
   c.model.variant = "Ti/16"  # mu | Ti | S | B | L, then /patch
   c.model.init = ""  # pretrained weights: google .npz, timm/HF .safetensors, or "embedded"
   c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
+  c.model.attention = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)
 
   c.method = ConfigDict()
   c.method.name = "finetune"
@@ -142,6 +143,7 @@ def cpt_base_config() -> ConfigDict:
   c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
   c.model.scan_layers = True
   c.model.remat = "none"  # none | full | dots
+  c.model.attention = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)
   c.model.shape = ConfigDict()  # >0 overrides the preset's (growth runs start small)
   c.model.shape.num_layers = 0
   c.model.shape.width = 0
@@ -222,8 +224,9 @@ def load(path: str, preset: str | None = None, **overrides) -> ConfigDict:
 
 # Keys a resumed run may change: they decide where and how the run executes, not what it
 # computes (a different mesh reorders float reductions, nothing more). `resume` itself, the
-# device layout (8 -> 4 -> 1 devices) and the host-side reader threads.
-RESUMABLE_KEYS = ("resume", "mesh", "data.num_threads")
+# device layout (8 -> 4 -> 1 devices), the host-side reader threads and the attention kernel
+# (the same softmax attention on another backend, e.g. "auto" resumed from GPU on TPU).
+RESUMABLE_KEYS = ("resume", "mesh", "data.num_threads", "model.attention")
 
 
 def run_identity(config: ConfigDict | dict) -> dict:

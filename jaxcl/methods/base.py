@@ -117,6 +117,7 @@ def build_backbone(config, rngs: nnx.Rngs) -> vit.ViT:
     channels=config.data.channels,
     rngs=rngs,
     dtype=dtype,
+    attention=config.model.attention,
   )
   if config.model.init:
     loading.load_vit(model, resolve_init(config.model.init))
