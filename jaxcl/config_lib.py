@@ -40,6 +40,12 @@ def base_config() -> ConfigDict:
   c.data.channels = 3
   c.data.scale = "01"  # 01 | -11 | imagenet | cifar100 (reference prompt code feeds [0,1])
   c.data.train_aug = "flip"  # none | flip | rrc_flip | crop_flip
+  c.data.augment_on = (
+    "host"  # host (grain threads, PIL) | device (in the jitted step; not crop_flip)
+  )
+  c.data.host_image_size = (
+    0  # augment_on=device: the host ships uint8 at this size (0 = image_size)
+  )
   c.data.rrc_scale_min = 0.08
   c.data.eval_resize = "resize"  # resize | resize_crop
   c.data.init_classes = 10  # classes in the first task
@@ -53,7 +59,7 @@ def base_config() -> ConfigDict:
   c.data.max_test_per_class = 0
   c.data.batch_size = 64  # global train batch
   c.data.eval_batch_size = 256  # global eval batch
-  c.data.num_threads = 2  # grain read threads per process
+  c.data.num_threads = 0  # grain read threads per process; 0 = the host's cores
   c.data.glyph_set = "continual"  # glyphs only: continual | pretrain
 
   c.model = ConfigDict()
@@ -135,7 +141,7 @@ def cpt_base_config() -> ConfigDict:
   c.data.dir = ""
   c.data.batch_size = 32  # global train batch (sequences), before replay rows in `add` mode
   c.data.eval_batch_size = 32
-  c.data.num_threads = 2
+  c.data.num_threads = 0  # 0 = the host's cores
 
   c.model = ConfigDict()
   c.model.preset = "small"  # a name in jaxcl/models/gpt.py (lm) or bert.py (mlm) PRESETS
