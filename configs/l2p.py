@@ -12,7 +12,7 @@ over *all* parameters (frozen ones included, `optim.clip_scope="all"`), optimize
 task, test logits not masked to seen classes (`eval.mask_unseen=False`), inputs in [0, 1].
 
 Cost of the faithful clip: its norm needs the frozen backbone's weight gradients (dW = x^T dy in
-every dense layer, a third of the backward's FLOPs), used for nothing else. Measured on a 2-core
+every dense layer, half of the backward's matmul FLOPs), used for nothing else. Measured on a 2-core
 CPU at batch 8 (issue 23): ViT-B/16 10.2 s per step against 7.81 s with
 `optim.clip_scope=trainable` (1.31x), ViT-S/16 2.93 s against 2.51 s (1.17x). There is no cheaper
 exact norm: the frozen gradients are not zero (the prompts enter before block 0, so every

@@ -65,7 +65,7 @@ def base_config() -> ConfigDict:
   c.model = ConfigDict()
   c.model.variant = "Ti/16"  # mu | Ti | S | B | L, then /patch
   c.model.init = ""  # pretrained weights: google .npz, timm/HF .safetensors, or "embedded"
-  c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
+  c.model.dtype = "float32"  # compute dtype; auto = bfloat16 on TPU/GPU, float32 on CPU
   c.model.attention = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)
 
   c.method = ConfigDict()
@@ -146,7 +146,7 @@ def cpt_base_config() -> ConfigDict:
   c.model = ConfigDict()
   c.model.preset = "small"  # a name in jaxcl/models/gpt.py (lm) or bert.py (mlm) PRESETS
   c.model.init = ""  # Hugging Face safetensors file or directory (GPT-2, Llama, BERT layouts)
-  c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
+  c.model.dtype = "float32"  # compute dtype; auto = bfloat16 on TPU/GPU, float32 on CPU
   c.model.scan_layers = True
   c.model.remat = "none"  # none | full | dots
   c.model.attention = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)

@@ -35,6 +35,14 @@ xavier_heads_in = flat_init(xavier_uniform, 1)  # [D, H, Dh] as [D, H Dh]
 xavier_heads_out = flat_init(xavier_uniform, 2)  # [H, Dh, D] as [H Dh, D]
 
 
+def compute_dtype(name: str) -> str:
+  """`model.dtype`: a dtype name, or "auto": bfloat16 where the matrix units have it (TPU, GPU),
+  float32 on CPU (the fidelity tests compare CPU runs with float64 references)."""
+  if name != "auto":
+    return name
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 class HeadDense(nnx.Module):
   """A dense map with a structured kernel: `einsum(equation, x, kernel) + bias` in `dtype`,
   e.g. "btd,dhk->bthk" with a kernel [D, H, Dh] (per-head in) or "bthk,hkd->btd" with [H, Dh, D]
