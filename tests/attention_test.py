@@ -90,6 +90,23 @@ def test_general_masks_work_in_jax_and_are_refused_by_splash():
     layers.dot_product_attention(q, k, v, mask, implementation="splash")
 
 
+def test_splash_runs_per_batch_shard_under_a_mesh():
+  """Under the step's mesh, splash runs in a shard_map over the batch axes: no all-gather."""
+  mesh = jax.make_mesh(
+    (2,), ("data",), devices=jax.devices()[:2], axis_types=(jax.sharding.AxisType.Auto,)
+  )
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  q, k, v = (jax.device_put(x, batch) for x in qkv(kv=2))
+
+  def attend(q, k, v):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return layers.dot_product_attention(q, k, v, causal=True, implementation="splash")
+
+  compiled = jax.jit(attend).lower(q, k, v).compile()
+  assert "all-gather" not in compiled.as_text()
+  assert_close(compiled(q, k, v), layers.dot_product_attention(q, k, v, causal=True))
+
+
 def test_splash_refuses_lengths_that_do_not_tile():
   with pytest.raises(ValueError, match="blocks of 128"):  # a ViT-B/16 at 224: 197 tokens
     layers.dot_product_attention(*qkv(t=197, s=197, h=1, kv=1), implementation="splash")
@@ -130,6 +147,7 @@ def assert_models_agree(make_for, inputs, call=lambda m, x: m(x), implementation
       assert_close(g, w, implementation, scale)
 
 
+@pytest.mark.slow
 def test_gpt_with_msg_head_masks():
   """A Llama (GQA + RoPE) under MSG masks with new heads half-grown."""
   tokens = jax.random.randint(jax.random.key(1), (2, 128), 0, 64)
@@ -144,6 +162,7 @@ def test_gpt_with_msg_head_masks():
   assert_models_agree(make, tokens)
 
 
+@pytest.mark.slow
 def test_bert_with_padding():
   tokens = jax.random.randint(jax.random.key(2), (2, 128), 0, 64)
   padding = jnp.asarray(np.arange(128)[None] < np.array([128, 90])[:, None])  # [B, T]

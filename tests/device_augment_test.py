@@ -75,6 +75,7 @@ def test_num_threads_zero_means_the_host_cores():
   assert pipeline.host_threads(3) == 3
 
 
+@pytest.mark.slow
 def test_a_run_with_device_augmentation_compiles_the_step_once(tmp_path):
   """Glyphs stored at 16², shipped at 8² and random-resized-cropped on device back to 16²."""
   config = load_config(

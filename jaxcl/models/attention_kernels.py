@@ -17,6 +17,7 @@ and a key-padding mask [B, 1, S]; "jax"/"cudnn" also take any boolean mask broad
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -93,19 +94,33 @@ def splash(q, k, v, mask, *, causal: bool, scale: float):
   kernel = _splash_kernel(
     t, s, h // kv, causal, mha=kv == h, interpret=jax.default_backend() != "tpu"
   )
-  q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)  # [B, H, T, Dh]
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, Dh]
   keys = jnp.ones((b, s), jnp.int32)
   if mask is not None:  # padding keys get segment 0, every query segment 1
     keys = jnp.broadcast_to(mask, (b, 1, s))[:, 0].astype(jnp.int32)  # [B, S]
-  segments = sk.SegmentIds(q=jnp.ones((b, t), jnp.int32), kv=keys)
-  if kv == h:
-    out = jax.vmap(kernel)(q, k, v, segments)  # [B, H, T, Dh]
-  else:
-    q = q.reshape(b, kv, h // kv, t, dh)  # [B, K, G, T, Dh]
-    per_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over K
-    out = jax.vmap(per_head)(q, k, v, segments).reshape(b, h, t, dh)  # [B, H, T, Dh]
-  return out.transpose(0, 2, 1, 3)  # [B, T, H, Dh]
+
+  def attend(q, k, v, keys):  # one shard of the batch
+    n = q.shape[0]
+    q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)  # [n, H, T, Dh]
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [n, K, S, Dh]
+    segments = sk.SegmentIds(q=jnp.ones((n, t), jnp.int32), kv=keys)
+    if kv == h:
+      out = jax.vmap(kernel)(q, k, v, segments)  # [n, H, T, Dh]
+    else:
+      q = q.reshape(n, kv, h // kv, t, dh)  # [n, K, G, T, Dh]
+      per_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over K
+      out = jax.vmap(per_head)(q, k, v, segments).reshape(n, h, t, dh)  # [n, H, T, Dh]
+    return out.transpose(0, 2, 1, 3)  # [n, T, H, Dh]
+
+  # A Pallas call is opaque to the SPMD partitioner: under a mesh, run it per batch shard (as
+  # MaxText does), or XLA would gather the whole batch onto every device.
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a in ("data", "fsdp") if not mesh.empty and a in mesh.axis_names)
+  if not axes or b % math.prod(mesh.shape[a] for a in axes):
+    return attend(q, k, v, keys)
+  spec = jax.sharding.PartitionSpec(axes)
+  return jax.shard_map(attend, mesh=mesh, in_specs=(spec,) * 4, out_specs=spec, check_vma=False)(
+    q, k, v, keys
+  )
 
 
 @functools.lru_cache(maxsize=64)
