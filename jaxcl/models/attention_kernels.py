@@ -49,7 +49,7 @@ def is_key_padding(mask) -> bool:
 
 def causal_mask(t: int, s: int) -> jax.Array:
   """[T, S] boolean, True where query t may attend to key s: s <= t + (S - T), so the first
-  S - T keys (a prefix) are visible to every query; `layers.causal_mask(T)` when S == T."""
+  S - T keys (a prefix) are visible to every query; the lower triangle when S == T."""
   return jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + (s - t)
 
 
