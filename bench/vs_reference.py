@@ -33,6 +33,14 @@ import step_throughput
 BATCH = 8
 NANOGPT = dict(layers=6, width=384, heads=6, seq=256)
 
+TIME_STEPS = """
+for _ in range(2):
+  step()
+start = time.perf_counter()
+for _ in range({steps}):
+  step()
+"""  # appended to each reference script: two warm-up steps, then the timed ones
+
 TORCH_GPT = """
 import sys, time, torch
 sys.path.insert(0, {nanogpt!r})
@@ -49,13 +57,8 @@ def step():
   torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
   opt.step()
   opt.zero_grad(set_to_none=True)
-for _ in range(2):
-  step()
-start = time.perf_counter()
-for _ in range({steps}):
-  step()
-print({batch} * {seq} * {steps} / (time.perf_counter() - start))
 """
+TORCH_GPT += TIME_STEPS + "print({batch} * {seq} * {steps} / (time.perf_counter() - start))\n"
 
 TORCH_VIT = """
 import time, torch, timm
@@ -68,13 +71,8 @@ def step():
   loss.backward()
   opt.step()
   opt.zero_grad(set_to_none=True)
-for _ in range(2):
-  step()
-start = time.perf_counter()
-for _ in range({steps}):
-  step()
-print((time.perf_counter() - start) / {steps})
 """
+TORCH_VIT += TIME_STEPS + "print((time.perf_counter() - start) / {steps})\n"
 
 
 def torch_figure(python: str, script: str) -> float | None:
