@@ -93,6 +93,7 @@ def cifar100(c: ConfigDict) -> None:
   c.data.eval_batch_size = 256
   c.model.variant = "B/16"
   c.model.init = "ViT-B_16.npz"  # gs://vit_models/imagenet21k/ViT-B_16.npz, copied locally
+  c.model.dtype = "auto"  # bfloat16 on TPU/GPU (float32 parameters), float32 on CPU
   c.train.log_every_steps = 50
 
 

@@ -40,6 +40,12 @@ def base_config() -> ConfigDict:
   c.data.channels = 3
   c.data.scale = "01"  # 01 | -11 | imagenet | cifar100 (reference prompt code feeds [0,1])
   c.data.train_aug = "flip"  # none | flip | rrc_flip | crop_flip
+  c.data.augment_on = (
+    "host"  # host (grain threads, PIL) | device (in the jitted step; not crop_flip)
+  )
+  c.data.host_image_size = (
+    0  # augment_on=device: the host ships uint8 at this size (0 = image_size)
+  )
   c.data.rrc_scale_min = 0.08
   c.data.eval_resize = "resize"  # resize | resize_crop
   c.data.init_classes = 10  # classes in the first task
@@ -53,13 +59,14 @@ def base_config() -> ConfigDict:
   c.data.max_test_per_class = 0
   c.data.batch_size = 64  # global train batch
   c.data.eval_batch_size = 256  # global eval batch
-  c.data.num_threads = 2  # grain read threads per process
+  c.data.num_threads = 0  # grain read threads per process; 0 = the host's cores
   c.data.glyph_set = "continual"  # glyphs only: continual | pretrain
 
   c.model = ConfigDict()
   c.model.variant = "Ti/16"  # mu | Ti | S | B | L, then /patch
   c.model.init = ""  # pretrained weights: google .npz, timm/HF .safetensors, or "embedded"
-  c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
+  c.model.dtype = "float32"  # compute dtype; auto = bfloat16 on TPU/GPU, float32 on CPU
+  c.model.attention = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)
 
   c.method = ConfigDict()
   c.method.name = "finetune"
@@ -134,14 +141,15 @@ def cpt_base_config() -> ConfigDict:
   c.data.dir = ""
   c.data.batch_size = 32  # global train batch (sequences), before replay rows in `add` mode
   c.data.eval_batch_size = 32
-  c.data.num_threads = 2
+  c.data.num_threads = 0  # 0 = the host's cores
 
   c.model = ConfigDict()
   c.model.preset = "small"  # a name in jaxcl/models/gpt.py (lm) or bert.py (mlm) PRESETS
   c.model.init = ""  # Hugging Face safetensors file or directory (GPT-2, Llama, BERT layouts)
-  c.model.dtype = "float32"  # compute dtype; bfloat16 on TPU
+  c.model.dtype = "float32"  # compute dtype; auto = bfloat16 on TPU/GPU, float32 on CPU
   c.model.scan_layers = True
   c.model.remat = "none"  # none | full | dots
+  c.model.attention = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)
   c.model.shape = ConfigDict()  # >0 overrides the preset's (growth runs start small)
   c.model.shape.num_layers = 0
   c.model.shape.width = 0
@@ -224,8 +232,9 @@ def load(path: str, preset: str | None = None, **overrides) -> ConfigDict:
 
 # Keys a resumed run may change: they decide where and how the run executes, not what it
 # computes (a different mesh reorders float reductions, nothing more). `resume` itself, the
-# device layout (8 -> 4 -> 1 devices) and the host-side reader threads.
-RESUMABLE_KEYS = ("resume", "mesh", "data.num_threads")
+# device layout (8 -> 4 -> 1 devices), the host-side reader threads and the attention kernel
+# (the same softmax attention on another backend, e.g. "auto" resumed from GPU on TPU).
+RESUMABLE_KEYS = ("resume", "mesh", "data.num_threads", "model.attention")
 
 
 def run_identity(config: ConfigDict | dict) -> dict:

@@ -11,6 +11,7 @@ task, and is checkpointed forever.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +20,7 @@ from flax import nnx
 
 from jaxcl import methods, multihost, optim, sharding, writers
 from jaxcl.cil import evaluate
-from jaxcl.data import benchmark, pipeline
+from jaxcl.data import benchmark, device_augment, pipeline
 from jaxcl.engine import loop, microbatch
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
@@ -39,6 +40,15 @@ def trains(method, task: int) -> bool:
   if method.train_tasks not in ("all", "first"):
     raise ValueError(f"Method.train_tasks={method.train_tasks!r}: use all | first")
   return method.loss is not None and (task == 0 or method.train_tasks == "all")
+
+
+def device_augmentation(data):
+  """The step's augmentation when `data.augment_on == "device"` (the host then ships uint8
+  images at `data.host_image_size`, see jaxcl/data/benchmark.py), else None."""
+  if data.augment_on != "device":
+    return None
+  aug = functools.partial(device_augment.augment, size=data.image_size, aug=data.train_aug)
+  return functools.partial(aug, scale_min=data.rrc_scale_min)
 
 
 def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
@@ -72,6 +82,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     tx,
     skip_nonfinite=config.train.nan_policy == "skip",
     clip_all=clip_all,
+    augment=device_augmentation(data),
     microbatches=microbatch.count(
       data.batch_size,
       sharding.batch_devices(r.mesh),

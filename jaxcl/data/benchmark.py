@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxcl.data import sources, splits, transforms
+from jaxcl.data import device_augment, sources, splits, transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +68,23 @@ def build(data, *, single_task: bool = False) -> Benchmark:
     max_train_per_class=data.max_train_per_class,
     max_test_per_class=data.max_test_per_class,
   )
-  train_tf = transforms.TrainTransform(
-    image_size=data.image_size,
-    channels=data.channels,
-    aug=data.train_aug,
-    scale_min=data.rrc_scale_min,
-  )
+  if data.augment_on not in ("host", "device"):
+    raise ValueError(f"data.augment_on={data.augment_on!r}: use host or device")
+  if data.augment_on == "device":  # the step augments (jaxcl/data/device_augment.py)
+    if data.train_aug not in device_augment.DEVICE_AUGS:
+      raise ValueError(
+        f"data.train_aug={data.train_aug!r} has no device version: use one of "
+        f"{device_augment.DEVICE_AUGS} or data.augment_on=host"
+      )
+    size = data.host_image_size or data.image_size
+    train_tf = transforms.TrainTransform(image_size=size, channels=data.channels, aug="none")
+  else:
+    train_tf = transforms.TrainTransform(
+      image_size=data.image_size,
+      channels=data.channels,
+      aug=data.train_aug,
+      scale_min=data.rrc_scale_min,
+    )
   eval_tf = transforms.EvalTransform(
     image_size=data.image_size, channels=data.channels, resize_mode=data.eval_resize
   )

@@ -11,12 +11,18 @@ exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import grain
 import jax
 import numpy as np
+
+
+def host_threads(num_threads: int) -> int:
+  """`data.num_threads`, with 0 meaning every core this process may run on."""
+  return num_threads if num_threads > 0 else len(os.sched_getaffinity(0))
 
 
 class IndexedSource:
@@ -43,6 +49,7 @@ class TrainIterator:
     global_batch: examples per step over all processes.
     seed: base seed; the task index is folded in by the caller.
     sharding: the batch sharding (leading axis over `data` x `fsdp`).
+    num_threads: grain read threads; 0 = the host's cores.
     process_index, process_count: default to JAX's; given only to simulate processes.
   """
 
@@ -55,7 +62,7 @@ class TrainIterator:
     global_batch: int,
     seed: int,
     sharding,
-    num_threads: int = 2,
+    num_threads: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
   ):
@@ -70,7 +77,8 @@ class TrainIterator:
     # disjoint, and the B/P rows of every process together are B consecutive positions.
     ds = ds[pi::pc]
     ds = ds.random_map(transform).batch(global_batch // pc, drop_remainder=True)
-    opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * global_batch)
+    threads = host_threads(num_threads)
+    opts = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * global_batch)
     self._it = iter(ds.to_iter_dataset(opts))
 
   def __iter__(self):
@@ -99,7 +107,7 @@ def _process(index: int | None, count: int | None) -> tuple[int, int]:
 
 
 def eval_batches(
-  source, indices, transform, *, global_batch: int, sharding, num_threads: int = 2
+  source, indices, transform, *, global_batch: int, sharding, num_threads: int = 0
 ) -> Iterator[dict[str, jax.Array]]:
   """One pass over `indices` in order; the last batch is padded and `mask` marks real rows.
 
@@ -118,7 +126,7 @@ def eval_local_batches(
   transform,
   *,
   global_batch: int,
-  num_threads: int = 2,
+  num_threads: int = 0,
   process_index: int | None = None,
   process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -129,7 +137,8 @@ def eval_local_batches(
   per_process = -(-len(indices) // pc)
   num_batches = -(-per_process // local_batch)
   ds = grain.MapDataset.source(IndexedSource(source, indices))[pi::pc].map(transform)
-  opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * local_batch)
+  threads = host_threads(num_threads)
+  opts = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * local_batch)
   it = iter(ds.to_iter_dataset(opts))
   example = None
   for _ in range(num_batches):

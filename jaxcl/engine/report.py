@@ -24,7 +24,7 @@ def check_and_write_config(workdir: str, config, *, write: bool) -> None:
   """Creates the workdir and writes config.json; refuses to resume under a different config.
 
   A workdir that holds checkpoints is resumed only with the same config, apart from
-  `config_lib.RESUMABLE_KEYS` (`resume`, the mesh, reader threads). With
+  `config_lib.RESUMABLE_KEYS` (`resume`, the mesh, reader threads, the attention kernel). With
   `--config.resume=false` the old checkpoints are moved aside to `checkpoints.old-<time>`,
   never deleted.
   """

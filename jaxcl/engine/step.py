@@ -24,6 +24,7 @@ from jaxcl.engine.state import LearnerState
 from jaxcl.methods.base import Ctx, mask_logits
 
 Traces = collections.Counter  # step name -> number of traces, one counter per run
+_AUGMENT_STREAM = 0x41554721  # folded into the step key: augmentation draws its own numbers
 
 
 def _ctx(state: LearnerState, rng: jax.Array) -> Ctx:
@@ -57,8 +58,12 @@ def make_train_step(
   traces: Traces,
   clip_all: float = 0.0,
   microbatches: int = 1,
+  augment: Callable | None = None,
 ) -> Callable:
   """`train_step(state, batch) -> (state, metrics)`; metrics stay on device.
+
+  `augment(images uint8 [B, h, w, C], key) -> [B, S, S, C]` in [0, 255], if given, augments the
+  images on device before scaling (jaxcl/data/device_augment.py), with a key of its own per step.
 
   `microbatches > 1` accumulates the gradient over that many pieces of the batch inside the
   step (jaxcl/engine/microbatch.py) before the one optimizer update.
@@ -76,6 +81,9 @@ def make_train_step(
   def train_step(state: LearnerState, batch: dict):
     traces["train"] += 1
     ctx = _ctx(state, jax.random.fold_in(state.rng, state.step))
+    if augment is not None:
+      key = jax.random.fold_in(ctx.rng, _AUGMENT_STREAM)
+      batch = {**batch, "image": augment(batch["image"], key)}
     batch = _scaled(batch, scale)
 
     def params_loss(params, frozen, batch):

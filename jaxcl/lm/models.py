@@ -9,13 +9,18 @@ from __future__ import annotations
 from absl import logging
 from flax import nnx
 
-from jaxcl.models import bert, gpt, text_loading
+from jaxcl.models import bert, gpt, layers, text_loading
 
 
 def shape(config, vocab_size: int) -> gpt.Config | bert.Config:
   """The model config: the preset with the tokenizer's vocabulary and the data's length."""
   m = config.model
-  kw = dict(dtype=m.dtype, scan_layers=m.scan_layers, remat=m.remat)
+  kw = dict(
+    dtype=layers.compute_dtype(m.dtype),
+    scan_layers=m.scan_layers,
+    remat=m.remat,
+    attention=m.attention,
+  )
   kw.update({k: v for k, v in m.shape.items() if v})  # e.g. the small model of a growth run
   if config.train.objective == "mlm":
     return bert.config_for(m.preset, vocab_size=vocab_size, seq_len=config.data.seq_len, **kw)

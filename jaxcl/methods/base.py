@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxcl.models import loading, vit
+from jaxcl.models import layers, loading, vit
 
 
 class Ctx(NamedTuple):
@@ -110,13 +110,14 @@ class Learner(nnx.Module):
 
 def build_backbone(config, rngs: nnx.Rngs) -> vit.ViT:
   """The ViT of `config.model`, loaded from `config.model.init` when set."""
-  dtype = jnp.dtype(config.model.dtype)
+  dtype = jnp.dtype(layers.compute_dtype(config.model.dtype))
   model = vit.from_variant(
     config.model.variant,
     image_size=config.data.image_size,
     channels=config.data.channels,
     rngs=rngs,
     dtype=dtype,
+    attention=config.model.attention,
   )
   if config.model.init:
     loading.load_vit(model, resolve_init(config.model.init))

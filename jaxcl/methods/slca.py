@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcl.methods import base
+from jaxcl.models import layers
 
 
 class SLCAModel(nnx.Module):
@@ -42,7 +43,7 @@ class SLCAModel(nnx.Module):
     self.backbone = base.build_backbone(config, rngs)
     width = self.backbone.cls.shape[-1]
     if cfg.reset_norm:  # a fresh torch nn.LayerNorm(768): eps 1e-5, scale 1, bias 0
-      dtype = jnp.dtype(config.model.dtype)
+      dtype = jnp.dtype(layers.compute_dtype(config.model.dtype))
       self.backbone.encoder_norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
     init = nnx.initializers.normal(0.02)  # timm trunc_normal_(std=.02) cuts at +-2, i.e. 100 std
     self.head = nnx.Linear(width, num_classes, kernel_init=init, rngs=rngs)

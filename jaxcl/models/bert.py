@@ -38,6 +38,7 @@ class Config:
   dtype: str = "float32"
   scan_layers: bool = True
   remat: str = "none"
+  attention: str = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -78,6 +79,7 @@ class Layer(nnx.Module):
       out_init=init,
       bias_init=nnx.initializers.zeros,
       logical_axes=True,
+      implementation=cfg.attention,
       dtype=dtype,
       rngs=rngs,
     )

@@ -58,6 +58,7 @@ class Config:
   dtype: str = "float32"
   scan_layers: bool = True
   remat: str = "none"  # a key of layers.REMAT_POLICIES: "none", "full", "dots"
+  attention: str = "xla"  # xla | jax | cudnn | splash | auto (jaxcl/models/attention_kernels.py)
   growth_masks: bool = False  # MSG masks in the forward (jaxcl/growth/msg.py)
   # Where MSG's FFN mask m_F multiplies: "input", the units' pre-activations as `cofe-ai/MSG`
   # (BertIntermediateEx: act((x W_1 + b_1) m_F)); "output", act(x W_1 + b_1) m_F (jaxcl before
@@ -168,6 +169,8 @@ class Block(nnx.Module):
       out_init=out_init,
       bias_init=nnx.initializers.zeros,
       logical_axes=True,
+      causal=True,
+      implementation=cfg.attention,
       dtype=dtype,
       rngs=rngs,
     )
@@ -184,17 +187,17 @@ class Block(nnx.Module):
       rngs=rngs,
     )
 
-  def __call__(self, x, mask, rope, masks: dict | None = None, layer_mask=None):
+  def __call__(self, x, rope, masks: dict | None = None, layer_mask=None):
     """x [B, T, D] -> [B, T, D]; under MSG masks (`GPT.masks`) x + c (block(x) - x), where
     c = `layer_mask` and block(x) has its hidden, head and FFN units masked."""
     x = batch_sharded(x)
     if masks is None:
-      x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope)
+      x = x + self.attn(self.attn_norm(x), rope=rope)
       return x + self.mlp(self.mlp_norm(batch_sharded(x)))
     m = masks["hidden"].astype(x.dtype)  # [D]
     h = _masked_norm(self.attn_norm, x, m)
     heads = dict(head_mask=masks["heads"], kv_head_mask=masks["kv_heads"])
-    y = x + self.attn(h, mask=mask, rope=rope, **heads) * m
+    y = x + self.attn(h, rope=rope, **heads) * m
     h = _masked_norm(self.mlp_norm, y, m)
     y = y + _masked_mlp(self.mlp, h, masks["mlp"], self.ffn_mask_at) * m
     return x + layer_mask.astype(x.dtype) * (y - x)
@@ -317,14 +320,13 @@ class GPT(nnx.Module):
       x = layers.apply_layers(
         self.blocks,
         x,
-        layers.causal_mask(t),
         rope,
         masks,
         per_layer=masks["layers"],
         remat=cfg.remat,
       )
       return _masked_norm(self.final_norm, x, masks["hidden"])  # [B, T, D]
-    x = layers.apply_layers(self.blocks, x, layers.causal_mask(t), rope, remat=cfg.remat)
+    x = layers.apply_layers(self.blocks, x, rope, remat=cfg.remat)
     return self.final_norm(x)  # [B, T, D]
 
   def unembedding(self):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcl.models import attention_kernels
+
 xavier_uniform = nnx.initializers.xavier_uniform()
 
 
@@ -31,6 +33,14 @@ def flat_init(init, fan_in_axes: int):
 
 xavier_heads_in = flat_init(xavier_uniform, 1)  # [D, H, Dh] as [D, H Dh]
 xavier_heads_out = flat_init(xavier_uniform, 2)  # [H, Dh, D] as [H Dh, D]
+
+
+def compute_dtype(name: str) -> str:
+  """`model.dtype`: a dtype name, or "auto": bfloat16 where the matrix units have it (TPU, GPU),
+  float32 on CPU (the fidelity tests compare CPU runs with float64 references)."""
+  if name != "auto":
+    return name
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 class HeadDense(nnx.Module):
@@ -67,24 +77,40 @@ class HeadDense(nnx.Module):
     return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
-def dot_product_attention(q, k, v, mask=None, *, grouped: bool = True):
+def dot_product_attention(
+  q, k, v, mask=None, *, causal: bool = False, grouped: bool = True, implementation: str = "xla"
+):
   """softmax(q k^T / sqrt(Dh)) v per head (Vaswani et al., 2017), grouped K/V heads (GQA,
   Ainslie et al., 2023: query head h reads K/V head h // (H / K), HF `repeat_kv`).
 
   Args:
     q: queries [B, T, H, Dh].
     k, v: keys and values [B, S, K, Dh], K dividing H.
-    mask: boolean, True = may attend, broadcastable to [B, T, S] (e.g. `causal_mask(T)` or a
-      padding mask [B, 1, S]), or None.
+    mask: boolean, True = may attend, broadcastable to [B, T, S] (e.g. a padding mask
+      [B, 1, S]), or None.
+    causal: query t attends only to keys s <= t + (S - T) (and the mask): a lower triangle
+      without a prefix; fused kernels skip the masked blocks instead of computing them.
     grouped: logits laid out [B, K, G, T, S] (G = H / K; needed when K < H) rather than
       [B, H, T, S]. The same math, rounded differently in the last bit: the language models
       use the first, the ViT the second, each keeping the results it was measured with.
+    implementation: "xla" (this einsum), or a fused kernel of jaxcl/models/attention_kernels.py:
+      "jax" (jax.nn.dot_product_attention), "cudnn" (GPU), "splash" (Pallas, TPU), or "auto"
+      (the best of these for the backend and inputs).
 
   Returns:
     [B, T, H, Dh] in v's dtype; logits and softmax are float32.
   """
   b, t, h, dh = q.shape
-  kv = k.shape[2]
+  s, kv = k.shape[1], k.shape[2]
+  implementation = attention_kernels.resolve(implementation, q, k, mask)
+  if implementation in ("jax", "cudnn"):
+    cudnn = implementation == "cudnn"
+    return attention_kernels.jax_nn(q, k, v, mask, causal=causal, scale=dh**-0.5, cudnn=cudnn)
+  if implementation == "splash":
+    return attention_kernels.splash(q, k, v, mask, causal=causal, scale=dh**-0.5)
+  if causal:
+    full = attention_kernels.causal_mask(t, s)  # [T, S]
+    mask = full if mask is None else jnp.logical_and(mask, full)
   neg, scale = jnp.finfo(jnp.float32).min, jnp.asarray(dh**-0.5, q.dtype)
   if not grouped and kv == h:
     logits = jnp.einsum("bthd,bshd->bhts", q * scale, k, preferred_element_type=jnp.float32)
@@ -109,7 +135,10 @@ class Attention(nnx.Module):
     through W_k / W_v, queries are unchanged, so the output keeps the input length.
   - Head masks (MSG, Yao et al., ICLR 2024; jaxcl/growth/msg.py): q scaled per query head,
     k and v per K/V head, before RoPE.
-  - GQA (`num_kv_heads` < `num_heads`), RoPE tables, and a position mask (causal, padding).
+  - GQA (`num_kv_heads` < `num_heads`), RoPE tables, `causal` (the language models), and a
+    mask (padding).
+  - `implementation`: which kernel computes the attention ("xla", "jax", "cudnn", "splash",
+    "auto"; see `dot_product_attention`), the config's `model.attention`.
 
   Kernels keep the head axis (google vision_transformer layout): `query.kernel` [D, H, Dh],
   `key.kernel`/`value.kernel` [D, K, Dh], `out.kernel` [H, Dh, D]. The defaults are the google
@@ -130,10 +159,18 @@ class Attention(nnx.Module):
     out_init=xavier_heads_out,
     bias_init=None,
     logical_axes: bool = False,
+    causal: bool = False,
+    implementation: str = "xla",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
+    if implementation not in attention_kernels.IMPLEMENTATIONS:
+      raise ValueError(
+        f"attention implementation {implementation!r}: use one of "
+        f"{attention_kernels.IMPLEMENTATIONS}"
+      )
     self.grouped = bool(num_kv_heads)
+    self.causal, self.implementation = causal, implementation
     num_kv_heads = num_kv_heads or num_heads
     if not head_dim and width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
@@ -186,7 +223,16 @@ class Attention(nnx.Module):
     if prefix is not None:
       k = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)  # [B, P + T, K, Dh]
       v = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)  # [B, P + T, K, Dh]
-    return self.out(dot_product_attention(q, k, v, mask, grouped=self.grouped))
+    out = dot_product_attention(
+      q,
+      k,
+      v,
+      mask,
+      causal=self.causal,
+      grouped=self.grouped,
+      implementation=self.implementation,
+    )  # [B, T, H, Dh]
+    return self.out(out)
 
 
 class MlpBlock(nnx.Module):
@@ -252,11 +298,6 @@ def norm(kind: str, width: int, *, eps: float, dtype, rngs: nnx.Rngs) -> nnx.Mod
       rngs=rngs,
     )
   raise ValueError(f"norm kind {kind!r}: use 'layer' or 'rms'")
-
-
-def causal_mask(length: int) -> jax.Array:
-  """[T, T] boolean, True where query t may attend to key s (s <= t)."""
-  return jnp.tril(jnp.ones((length, length), bool))
 
 
 def rope_tables(positions, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

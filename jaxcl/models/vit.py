@@ -87,9 +87,11 @@ def parse_variant(variant: str) -> tuple[dict, int]:
 class EncoderBlock(nnx.Module):
   """Pre-LN transformer block: x + attn(ln_0(x)), then x + mlp(ln_2(x))."""
 
-  def __init__(self, width: int, mlp_dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, width: int, mlp_dim: int, num_heads: int, *, attention: str, dtype, rngs: nnx.Rngs
+  ):
     self.ln_0 = layer_norm(width, dtype=dtype, rngs=rngs)
-    self.attn = Attention(width, num_heads, dtype=dtype, rngs=rngs)
+    self.attn = Attention(width, num_heads, implementation=attention, dtype=dtype, rngs=rngs)
     self.ln_2 = layer_norm(width, dtype=dtype, rngs=rngs)
     self.mlp = MlpBlock(width, mlp_dim, dtype=dtype, rngs=rngs)
 
@@ -118,7 +120,9 @@ class ViT(nnx.Module):
     num_classes: int = 0,
     rngs: nnx.Rngs,
     dtype=jnp.float32,
+    attention: str = "xla",
   ):
+    """`attention`: the kernel of every block's attention (layers.dot_product_attention)."""
     if image_size % patch:
       raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
     num_patches = (image_size // patch) ** 2
@@ -130,7 +134,10 @@ class ViT(nnx.Module):
     pos_init = nnx.initializers.normal(0.02)
     self.pos_embedding = nnx.Param(pos_init(rngs.params(), (1, 1 + num_patches, width)))
     self.blocks = nnx.List(
-      [EncoderBlock(width, mlp_dim, num_heads, dtype=dtype, rngs=rngs) for _ in range(depth)]
+      [
+        EncoderBlock(width, mlp_dim, num_heads, attention=attention, dtype=dtype, rngs=rngs)
+        for _ in range(depth)
+      ]
     )
     self.encoder_norm = layer_norm(width, dtype=dtype, rngs=rngs)
     if num_classes > 0:  # logits in float32: the head is small and feeds the loss.
@@ -208,6 +215,7 @@ def from_variant(
   num_classes: int = 0,
   rngs: nnx.Rngs,
   dtype=jnp.float32,
+  attention: str = "xla",
 ) -> ViT:
   """A ViT of a named variant, e.g. `from_variant("B/16", image_size=224, rngs=nnx.Rngs(0))`."""
   dims, patch = parse_variant(variant)
@@ -219,4 +227,5 @@ def from_variant(
     num_classes=num_classes,
     rngs=rngs,
     dtype=dtype,
+    attention=attention,
   )

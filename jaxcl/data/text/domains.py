@@ -216,7 +216,7 @@ def valid_bytes(source, *, num_sequences: int, tokenizer) -> tuple[int, int]:
 
 
 def valid_batches(
-  source, *, num_sequences: int, global_batch: int, sharding, num_threads: int = 2
+  source, *, num_sequences: int, global_batch: int, sharding, num_threads: int = 0
 ) -> Iterator[dict[str, jax.Array]]:
   """The fixed validation batches of a domain: {"tokens": [B, L+1], "mask": bool [B]}.
 
