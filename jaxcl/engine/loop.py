@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jaxcl import checkpoint, config_lib, sharding, writers
+from jaxcl import checkpoint, config_lib, sharding, user_errors, writers
 from jaxcl.engine import report
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress
@@ -37,8 +37,8 @@ from jaxcl.preemption import (  # noqa: F401  (loop.PREEMPTED_EXIT_CODE for call
 )
 
 
-class NonFiniteLoss(FloatingPointError):
-  pass
+class NonFiniteLoss(user_errors.UserError, FloatingPointError):
+  """A non-finite loss with train.nan_policy='stop'."""
 
 
 @dataclasses.dataclass
@@ -293,7 +293,8 @@ def check_finite(
     name, value = ("loss", losses[i]) if not np.isfinite(losses[i]) else ("update_norm", norms[i])
     raise NonFiniteLoss(
       f"non-finite loss at step {global_step - len(pending) + i + 1} (task {stage}): metric "
-      f"'{name}' = {value}; stopped, the last good checkpoint is intact "
-      f"(train.nan_policy='skip' skips such steps instead)"
+      f"'{name}' = {value}; stopped, the checkpoints before it are intact. Train again with a "
+      f"lower optim.lr, with optim.clip_norm > 0, or with train.nan_policy='skip' (skips such "
+      f"steps); a changed config needs a new --workdir or --config.resume=false"
     )
   return losses, finite
