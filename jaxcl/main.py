@@ -79,10 +79,13 @@ def maybe_initialize_distributed(env=os.environ) -> None:
 def load_config():
   """The `--config` flag's value; a config file that cannot be loaded is a `BadConfig`."""
   try:
-    return _CONFIG.value
+    config = _CONFIG.value
+    config.name  # noqa: B018  (a file that failed to load raises on first use)
+    return config
   except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+    detail = str(e).strip().splitlines()[-1].strip()  # config_flags nests the cause last
     raise user_errors.BadConfig(
-      f"--config could not be loaded: {e}\nGive --config=configs/<name>.py[:<preset>], a file "
+      f"--config could not be loaded: {detail}\nGive --config=configs/<name>.py[:<preset>], a file "
       "that exists, with a preset its get_config knows (README: Configs)."
     ) from e
 
@@ -94,6 +97,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
     text = str(e).strip("'\"")
+    if isinstance(e, KeyError | AttributeError):
+      text = f"unknown config key {text}"
+    elif "Traceback" in text:  # config_flags quotes the traceback of a failing get_config
+      lines = [line for line in text.splitlines() if line.strip()]
+      text = f"{lines[0]} {lines[-1]}"
     raise SystemExit(
       f"jaxcl: bad command line: {text}\nCheck the flag or the --config.<key> override against "
       "the config (print it with --helpfull or read config.json of an earlier run); configs are "
@@ -112,7 +120,8 @@ def exit_on_user_error(workdir: str, log: str | None) -> Iterator[None]:
       if e.errno not in user_errors.DISK_FULL:
         raise
       e = user_errors.disk_full(e, "the run's files", workdir)
-    logging.error("%s", type(e).__name__, exc_info=True, extra={"console": False})
+    if log:  # the traceback in the workdir's log.txt only (and on the console with --verbosity)
+      logging.error("%s", type(e).__name__, exc_info=True, extra={"console": False})
     where = f"\n(traceback in {log})" if log else ""
     raise SystemExit(f"jaxcl: {user_errors.message(e)}{where}") from e
 

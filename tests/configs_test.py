@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -58,16 +59,20 @@ def test_command_line_runs_smoke_and_writes_default_workdir(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "override,needle",
+  "args,needle",
   [
-    ("--config.data.no_such_key=1", "no_such_key"),
-    ("--config.data.batch_size=lots", "batch_size"),
+    (("finetune.py:smoke", "--config.data.no_such_key=1"), "unknown config key.*no_such_key"),
+    (("finetune.py:smoke", "--config.data.batch_size=lots"), "batch_size.*lots"),
+    (("finetune.py:nope",), "unknown preset 'nope'.*smoke"),
+    (("nope.py",), r"nope\.py.*\n.*configs/<name>\.py\[:<preset>\]"),
   ],
 )
-def test_bad_override_is_an_error_naming_the_key(override, needle, tmp_path):
-  out = _cli(f"--config={ROOT}/configs/finetune.py:smoke", override, cwd=tmp_path)
-  assert out.returncode != 0
-  assert needle in out.stderr
+def test_a_bad_command_line_exits_1_with_a_message_and_no_traceback(args, needle, tmp_path):
+  config, *overrides = args
+  out = _cli(f"--config={ROOT}/configs/{config}", *overrides, cwd=tmp_path)
+  assert out.returncode == 1
+  assert re.search(f"jaxcl: .*{needle}", out.stderr), out.stderr
+  assert "Traceback" not in out.stderr
   assert not (tmp_path / "runs").exists()
 
 
