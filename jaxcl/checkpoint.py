@@ -227,7 +227,9 @@ class Checkpointer:
       bound = s - 1
     raise CheckpointError(
       f"no good checkpoint in {self.directory}: tried steps {[e[0] for e in errors]}, all failed;"
-      " nothing was deleted.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
+      " nothing was deleted. If the storage was only unreachable, run again; otherwise start over"
+      " with --config.resume=false (the checkpoints are moved aside, not deleted) or a new"
+      " --workdir.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
     )
 
   def _read_step(self, step: int, abstract_state, steps: list[int]):

@@ -54,8 +54,17 @@ def _cli(*args, cwd):
 def test_command_line_runs_smoke_and_writes_default_workdir(tmp_path):
   out = _cli(f"--config={ROOT}/configs/finetune.py:smoke", cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
-  results = json.loads((tmp_path / "runs" / "finetune-smoke" / "results.json").read_text())
+  workdir = tmp_path / "runs" / "finetune-smoke"
+  results = json.loads((workdir / "results.json").read_text())
   assert results["train_compiles"] == 1
+  # The console: jaxcl's own lines, bare; orbax's INFO records only in log.txt.
+  assert out.stdout.startswith("finetune:smoke -> runs/finetune-smoke: {'A_last'")
+  lines = [line for line in re.split(r"[\r\n]", out.stderr) if line.strip()]
+  assert "config finetune:smoke -> workdir runs/finetune-smoke" in lines
+  assert sum(line.startswith("task ") for line in lines) == results["num_tasks"]
+  assert not any("checkpoint_manager.py" in line for line in lines), out.stderr[-3000:]
+  log = (workdir / "log.txt").read_text()
+  assert "checkpoint_manager.py" in log and "accuracy per seen task" in log
 
 
 @pytest.mark.parametrize(
