@@ -53,3 +53,11 @@ def test_routed_leaves_the_console_alone_when_verbosity_is_given(tmp_path):
     assert console.on_console not in python_handler.filters
   assert console.log_path(str(tmp_path), 3) == str(tmp_path / "log.3.txt")
   assert console.log_path("gs://bucket/run") is None
+
+
+def test_the_progress_bar_shows_the_throughput_the_recipe_logged():
+  from jaxcl.engine import loop  # noqa: PLC0415
+
+  assert loop.throughput_shown({"examples_per_sec": 1234.4, "loss": 1.0}) == {"ex/s": "1,234"}
+  assert loop.throughput_shown({"tokens_per_sec": 52.7, "lr": 0.1}) == {"tok/s": "53"}
+  assert loop.throughput_shown({"loss": 1.0}) == {}
