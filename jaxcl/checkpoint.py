@@ -38,6 +38,12 @@ from jaxcl import multihost, user_errors
 _COMMIT_FILE = "commit_success.txt"
 
 
+def _first_line(message, limit: int = 200) -> str:
+  """The start of an error message (TensorStore's run to pages), for the console."""
+  line = str(message).strip().splitlines()[0] if str(message).strip() else ""
+  return line if len(line) <= limit else line[:limit] + " ..."
+
+
 class CheckpointError(user_errors.UserError, RuntimeError):
   """Checkpoints exist but none can be restored (nothing was deleted)."""
 
@@ -229,7 +235,8 @@ class Checkpointer:
       f"no good checkpoint in {self.directory}: tried steps {[e[0] for e in errors]}, all failed;"
       " nothing was deleted. If the storage was only unreachable, run again; otherwise start over"
       " with --config.resume=false (the checkpoints are moved aside, not deleted) or a new"
-      " --workdir.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
+      " --workdir (log.txt has each step's full error).\n  "
+      + "\n  ".join(f"step {s}: {_first_line(msg)}" for s, msg in errors)
     )
 
   def _read_step(self, step: int, abstract_state, steps: list[int]):
