@@ -12,10 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from checkpoint_test import truncate_largest_array_file
-from helpers import load_config, shared_run
+from helpers import load_config, nan_loss_at_step, shared_run
 
 from jaxcl import checkpoint, main
-from jaxcl.engine import step
 
 
 def _exit_message(config, workdir) -> str:
@@ -119,21 +118,7 @@ def test_corrupted_checkpoints_are_named_and_kept(tmp_path):
 
 
 def test_a_nan_loss_stops_with_what_to_change(tmp_path, monkeypatch):
-  real = step.make_train_step
-
-  def nan_at_2(*args, **kwargs):
-    fn, calls = real(*args, **kwargs), {"n": 0}
-
-    def wrapped(state, batch):
-      state, m = fn(state, batch)
-      calls["n"] += 1
-      if calls["n"] == 2:
-        m = {**m, "loss": m["loss"] * float("nan"), "finite": m["finite"] & False}
-      return state, m
-
-    return wrapped
-
-  monkeypatch.setattr(step, "make_train_step", nan_at_2)
+  nan_loss_at_step(monkeypatch, 2)
   message = _exit_message(load_config("finetune", "smoke"), tmp_path / "run")
   assert "non-finite loss at step 2" in message and "train.nan_policy='skip'" in message
   assert "NonFiniteLoss" in _logged_traceback(tmp_path / "run")
