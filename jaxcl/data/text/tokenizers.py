@@ -101,9 +101,13 @@ def make_tokenizer(name: str = "byte") -> ByteTokenizer | HFTokenizer | Sentence
   """`byte` (or empty), a `tokenizers` `.json` file, or a sentencepiece `.model` file."""
   if name in ("", "byte"):
     return ByteTokenizer()
-  kinds = {".json": HFTokenizer, ".model": SentencePieceTokenizer}
-  kind = next((k for suffix, k in kinds.items() if name.endswith(suffix)), None)
+  kinds = {
+    ".json": (HFTokenizer, "tokenizers"),
+    ".model": (SentencePieceTokenizer, "sentencepiece"),
+  }
+  kind, package = next((k for suffix, k in kinds.items() if name.endswith(suffix)), (None, ""))
   if kind is not None:
+    _require(package, name)  # a missing package is named first
     if not paths.path(name).is_file():
       raise user_errors.MissingInput(
         f"tokenizer file {name} (data.tokenizer) not found; give the path of a tokenizers "
