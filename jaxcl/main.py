@@ -118,12 +118,22 @@ def exit_on_user_error(workdir: str, log: str | None) -> Iterator[None]:
   except (user_errors.UserError, OSError) as e:
     if isinstance(e, OSError) and not isinstance(e, user_errors.UserError):
       if e.errno not in user_errors.DISK_FULL:
+        _log_bug(log)
         raise
       e = user_errors.disk_full(e, "the run's files", workdir)
     if log:  # the traceback in the workdir's log.txt only (and on the console with --verbosity)
       logging.error("%s", type(e).__name__, exc_info=True, extra={"console": False})
     where = f"\n(traceback in {log})" if log else ""
     raise SystemExit(f"jaxcl: {user_errors.message(e)}{where}") from e
+  except Exception:
+    _log_bug(log)
+    raise
+
+
+def _log_bug(log: str | None) -> None:
+  """Anything else is a bug: its traceback stays on the console and goes to log.txt too."""
+  if log:
+    logging.error("unexpected error", exc_info=True, extra={"console": False})
 
 
 def run_in_workdir(config, workdir: str, *, quiet: bool = True) -> dict:

@@ -122,3 +122,15 @@ def test_a_nan_loss_stops_with_what_to_change(tmp_path, monkeypatch):
   message = _exit_message(load_config("finetune", "smoke"), tmp_path / "run")
   assert "non-finite loss at step 2" in message and "train.nan_policy='skip'" in message
   assert "NonFiniteLoss" in _logged_traceback(tmp_path / "run")
+
+
+def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path, monkeypatch):
+  from jaxcl.cil import run as cil_run  # noqa: PLC0415
+
+  def broken(config, workdir):
+    raise RuntimeError("a bug in jaxcl")
+
+  monkeypatch.setattr(cil_run, "run", broken)
+  with pytest.raises(RuntimeError, match="a bug in jaxcl"):  # its traceback, not exit status 1
+    main.run_in_workdir(load_config("finetune", "smoke"), str(tmp_path / "run"))
+  assert "RuntimeError: a bug in jaxcl" in _logged_traceback(tmp_path / "run")
