@@ -163,7 +163,8 @@ def main(argv) -> None:
   results = run_in_workdir(config, workdir, quiet=not flags.FLAGS["verbosity"].present)
   keys = ("A_last", "A_avg", "final_avg_loss", "forgetting", "tokens_per_sec", "train_compiles")
   summary = {k: results[k] for k in keys if k in results}
-  print(f"{config.name}:{config.preset} -> {workdir}: {summary}")
+  if jax.process_index() == 0:  # multi-host: one summary, not one per host
+    print(f"{config.name}:{config.preset} -> {workdir}: {summary}")
 
 
 if __name__ == "__main__":
