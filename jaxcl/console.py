@@ -5,7 +5,8 @@ one line per finished task or domain and the final summary. INFO records of the 
 (orbax's checkpoint chatter, grain, jax, absl) go to the log file only, beside jaxcl's own
 records and the traceback of a failed run. absl's own `--verbosity` flag, when given, leaves the
 console as absl makes it (everything at that level), e.g. `--verbosity=0` for all INFO records.
-A remote workdir (gs://) gets no log file.
+A remote workdir (gs://) gets no log file, nor do the processes other than 0 of a multi-host
+job (the workdir's files are process 0's).
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ class ConsoleFormatter(logging.Formatter):
 
 
 def log_path(workdir: str, process_index: int = 0) -> str | None:
-  """`<workdir>/log.txt` (`log.<i>.txt` for process i > 0), None for a remote workdir."""
-  if paths.is_remote(workdir):
+  """`<workdir>/log.txt` of process 0; None for the other processes of a multi-host job (they
+  log warnings only, to their own stderr) and for a remote workdir."""
+  if paths.is_remote(workdir) or process_index != 0:
     return None
-  name = LOG_FILE if process_index == 0 else f"log.{process_index}.txt"
-  return os.path.join(paths.absolute(workdir), name)
+  return os.path.join(paths.absolute(workdir), LOG_FILE)
 
 
 def make_workdir(workdir: str) -> None:
