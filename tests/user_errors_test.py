@@ -14,7 +14,9 @@ import pytest
 from checkpoint_test import truncate_largest_array_file
 from helpers import load_config, nan_loss_at_step, shared_run
 
-from jaxcl import checkpoint, main
+from jaxcl import checkpoint, main, user_errors
+from jaxcl.cil import run as cil_run
+from jaxcl.models import text_loading
 
 
 def _exit_message(config, workdir) -> str:
@@ -125,8 +127,6 @@ def test_a_nan_loss_stops_with_what_to_change(tmp_path, monkeypatch):
 
 
 def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path, monkeypatch):
-  from jaxcl.cil import run as cil_run  # noqa: PLC0415
-
   def broken(config, workdir):
     raise RuntimeError("a bug in jaxcl")
 
@@ -134,3 +134,11 @@ def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match="a bug in jaxcl"):  # its traceback, not exit status 1
     main.run_in_workdir(load_config("finetune", "smoke"), str(tmp_path / "run"))
   assert "RuntimeError: a bug in jaxcl" in _logged_traceback(tmp_path / "run")
+
+
+def test_missing_or_foreign_text_weights_are_bad_input(tmp_path):
+  with pytest.raises(user_errors.MissingInput, match=r"gpt2\.safetensors not found"):
+    text_loading.read_checkpoint(str(tmp_path / "gpt2.safetensors"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(user_errors.MissingInput, match="no .safetensors file"):
+    text_loading.read_checkpoint(str(tmp_path / "empty"))
