@@ -17,6 +17,7 @@ written by the primary process only, so `data_state` must be the same on all pro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,7 +29,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from jaxcl import multihost
+from jaxcl import multihost, user_errors
 
 # Orbax's commit marker (orbax/checkpoint/_src/path/atomicity_types.py): written into a step
 # directory when it is finalized. Locally orbax (>= 0.12) writes it into the
@@ -37,7 +38,13 @@ from jaxcl import multihost
 _COMMIT_FILE = "commit_success.txt"
 
 
-class CheckpointError(RuntimeError):
+def _first_line(message, limit: int = 200) -> str:
+  """The start of an error message (TensorStore's run to pages), for the console."""
+  line = str(message).strip().splitlines()[0] if str(message).strip() else ""
+  return line if len(line) <= limit else line[:limit] + " ..."
+
+
+class CheckpointError(user_errors.UserError, RuntimeError):
   """Checkpoints exist but none can be restored (nothing was deleted)."""
 
 
@@ -139,16 +146,17 @@ class Checkpointer:
       self._policy.permanent.add(step)  # before save(): orbax picks stale steps at save time
     else:
       self._policy.permanent.discard(step)
-    self._mgr.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({"data_state": data_state}),
-        meta=ocp.args.JsonSave(meta),
-      ),
-      custom_metadata={"keep_forever": keep_forever},
-      force=True,  # we decide when to save; orbax would skip steps <= its latest one
-    )
+    with self._disk_full_explained(f"checkpoint {step}"):
+      self._mgr.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave({"data_state": data_state}),
+          meta=ocp.args.JsonSave(meta),
+        ),
+        custom_metadata={"keep_forever": keep_forever},
+        force=True,  # we decide when to save; orbax would skip steps <= its latest one
+      )
     self._next_id = max(self._next_id, step + 1)
     if wait:
       self.wait()
@@ -170,7 +178,19 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until async saves (and the deletions of stale steps) are committed."""
-    self._mgr.wait_until_finished()
+    with self._disk_full_explained("a checkpoint"):
+      self._mgr.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _disk_full_explained(self, what: str):
+    """A full disk (OSError ENOSPC) becomes a `WorkdirError` saying what to do; the
+    half-written step is never picked by a restore (no commit marker)."""
+    try:
+      yield
+    except OSError as e:
+      if e.errno not in user_errors.DISK_FULL:
+        raise
+      raise user_errors.disk_full(e, what, self.directory) from e
 
   def restore(self, abstract_state, *, step: int | None = None) -> Restored | None:
     """Restores into `abstract_state` (ShapeDtypeStructs with the target shardings), or into
@@ -213,7 +233,10 @@ class Checkpointer:
       bound = s - 1
     raise CheckpointError(
       f"no good checkpoint in {self.directory}: tried steps {[e[0] for e in errors]}, all failed;"
-      " nothing was deleted.\n  " + "\n  ".join(f"step {s}: {msg}" for s, msg in errors)
+      " nothing was deleted. If the storage was only unreachable, run again; otherwise start over"
+      " with --config.resume=false (the checkpoints are moved aside, not deleted) or a new"
+      " --workdir (log.txt has each step's full error).\n  "
+      + "\n  ".join(f"step {s}: {_first_line(msg)}" for s, msg in errors)
     )
 
   def _read_step(self, step: int, abstract_state, steps: list[int]):

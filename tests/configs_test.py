@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -53,21 +54,34 @@ def _cli(*args, cwd):
 def test_command_line_runs_smoke_and_writes_default_workdir(tmp_path):
   out = _cli(f"--config={ROOT}/configs/finetune.py:smoke", cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
-  results = json.loads((tmp_path / "runs" / "finetune-smoke" / "results.json").read_text())
+  workdir = tmp_path / "runs" / "finetune-smoke"
+  results = json.loads((workdir / "results.json").read_text())
   assert results["train_compiles"] == 1
+  # The console: jaxcl's own lines, bare; orbax's INFO records only in log.txt.
+  assert out.stdout.startswith("finetune:smoke -> runs/finetune-smoke: {'A_last'")
+  lines = [line for line in re.split(r"[\r\n]", out.stderr) if line.strip()]
+  assert "config finetune:smoke -> workdir runs/finetune-smoke" in lines
+  assert sum(line.startswith("task ") for line in lines) == results["num_tasks"]
+  assert not any("checkpoint_manager.py" in line for line in lines), out.stderr[-3000:]
+  log = (workdir / "log.txt").read_text()
+  assert "checkpoint_manager.py" in log and "accuracy per seen task" in log
 
 
 @pytest.mark.parametrize(
-  "override,needle",
+  "args,needle",
   [
-    ("--config.data.no_such_key=1", "no_such_key"),
-    ("--config.data.batch_size=lots", "batch_size"),
+    (("finetune.py:smoke", "--config.data.no_such_key=1"), "unknown config key.*no_such_key"),
+    (("finetune.py:smoke", "--config.data.batch_size=lots"), "batch_size.*lots"),
+    (("finetune.py:nope",), "unknown preset 'nope'.*smoke"),
+    (("nope.py",), r"nope\.py.*\n.*configs/<name>\.py\[:<preset>\]"),
   ],
 )
-def test_bad_override_is_an_error_naming_the_key(override, needle, tmp_path):
-  out = _cli(f"--config={ROOT}/configs/finetune.py:smoke", override, cwd=tmp_path)
-  assert out.returncode != 0
-  assert needle in out.stderr
+def test_a_bad_command_line_exits_1_with_a_message_and_no_traceback(args, needle, tmp_path):
+  config, *overrides = args
+  out = _cli(f"--config={ROOT}/configs/{config}", *overrides, cwd=tmp_path)
+  assert out.returncode == 1
+  assert re.search(f"jaxcl: .*{needle}", out.stderr), out.stderr
+  assert "Traceback" not in out.stderr
   assert not (tmp_path / "runs").exists()
 
 

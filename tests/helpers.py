@@ -122,6 +122,26 @@ def run_tasks(config, workdir) -> dict:
   return {**results, "traces": {k: n for k, n in traces.items() if n}}
 
 
+def nan_loss_at_step(monkeypatch, n: int) -> None:
+  """Makes the `n`-th call of every jitted train step built from now on report a NaN loss (and
+  `finite` False), as a diverging run would."""
+  real = step.make_train_step
+
+  def with_nan(*args, **kwargs):
+    fn, calls = real(*args, **kwargs), {"n": 0}
+
+    def wrapped(state, batch):
+      state, m = fn(state, batch)
+      calls["n"] += 1
+      if calls["n"] == n:
+        m = {**m, "loss": m["loss"] * float("nan"), "finite": m["finite"] & False}
+      return state, m
+
+    return wrapped
+
+  monkeypatch.setattr(step, "make_train_step", with_nan)
+
+
 def made_once(key: str, make: Callable[[str], Any]) -> tuple[Any, str]:
   """(what `make(workdir)` returned, workdir) for a directory under the session's shared runs,
   made once per test session: xdist workers included, the first one makes it under a file lock,

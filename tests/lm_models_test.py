@@ -22,6 +22,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from safetensors.numpy import save_file
 from scipy.special import erf
 
+from jaxcl import user_errors
 from jaxcl.models import bert, gpt, layers, text_loading
 
 HIGHEST = jax.default_matmul_precision("highest")
@@ -550,7 +551,7 @@ def test_loader_names_unknown_and_misshapen_tensors(tmp_path):
   with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn\.weight.*shape"):
     bad = dict(tensors, **{"transformer.h.0.attn.c_attn.weight": np.zeros((D, 2 * D), np.float32)})
     text_loading.load_hf(model, bad)
-  with pytest.raises(ValueError, match=r"transformer\.h\.9\.ln_1\.weight"):
+  with pytest.raises(user_errors.BadInput, match=r"transformer\.h\.9\.ln_1\.weight"):
     text_loading.load_hf(model, dict(tensors, **{"transformer.h.9.ln_1.weight": np.ones(D)}))
   with pytest.raises(ValueError, match="lm_head.weight"):
     text_loading.load_hf(model, dict(tensors, **{"lm_head.weight": np.ones((V, D), np.float32)}))

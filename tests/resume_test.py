@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, cpu_env, load_config, made_once, main_command, run_tasks
+from helpers import ROOT, cpu_env, load_config, made_once, main_command, nan_loss_at_step, run_tasks
 
 from jaxcl import checkpoint
 from jaxcl.engine import loop, step
@@ -196,21 +196,7 @@ def test_resume_with_another_config_is_refused_but_the_mesh_may_change(tmp_path)
 
 def test_a_non_finite_step_never_reaches_a_checkpoint(tmp_path, monkeypatch):
   """Saves every step, logs every 4: a NaN at step 3 stops the run before step 3 is saved."""
-  real = step.make_train_step
-
-  def nan_at_3(*args, **kwargs):
-    fn, calls = real(*args, **kwargs), {"n": 0}
-
-    def wrapped(state, batch):
-      state, m = fn(state, batch)
-      calls["n"] += 1
-      if calls["n"] == 3:
-        m = {**m, "loss": m["loss"] * float("nan"), "finite": m["finite"] & False}
-      return state, m
-
-    return wrapped
-
-  monkeypatch.setattr(step, "make_train_step", nan_at_3)
+  nan_loss_at_step(monkeypatch, 3)
   with pytest.raises(loop.NonFiniteLoss, match=r"step 3 \(task 0\): metric 'loss' = nan"):
     _run(tmp_path, **{"checkpoint.every_steps": 1, "train.log_every_steps": 4})
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))

@@ -180,6 +180,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     begin_stage=begin_stage,
     end_stage=end_stage,
     log_metrics=log_metrics,
+    stage_name="task",
   )
   progress, data_state = Progress(), None
   restored = loop.resume(r, sharding.abstract(state, state_sh))

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from jaxcl import paths
+from jaxcl import paths, user_errors
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _FASHION_MNIST_FILES = {
@@ -71,14 +71,17 @@ def read_idx(path: str) -> np.ndarray:
   if path.endswith(".gz"):
     data = gzip.decompress(data)
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UINT8:
-    raise ValueError(f"{path} is not a uint8 IDX file (header {data[:4].hex()})")
+    raise user_errors.BadInput(
+      f"{path} is not a uint8 IDX file (header {data[:4].hex()}); expected the Fashion-MNIST "
+      "idx files as published (plain or .gz): download them again"
+    )
   ndim = data[3]
   shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _fashion_mnist_missing(path: str, data_dir: str) -> FileNotFoundError:
-  return FileNotFoundError(
+def _fashion_mnist_missing(path: str, data_dir: str) -> user_errors.MissingInput:
+  return user_errors.MissingInput(
     f"Fashion-MNIST file {path}[.gz] not found in {data_dir}. Get the files with "
     "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs them in "
     f"{FASHION_MNIST_DIR}), or download the four idx files (train-images-idx3-ubyte.gz, "
@@ -134,14 +137,14 @@ def tfds_builder(name: str, data_dir: str = ""):
   data_dir = tfds_data_dir(data_dir)
   folder = os.path.join(data_dir, name.split(":")[0])
   if not paths.path(folder).is_dir():  # checked first, so tfds never reaches for a download
-    raise FileNotFoundError(
+    raise user_errors.MissingInput(
       f"tfds dataset {name!r} is not prepared: {folder} does not exist. "
       + _prepare_hint(name, data_dir)
     )
   try:
     return tfds.builder(name, data_dir=data_dir)
   except (tfds.core.registered.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
-    raise FileNotFoundError(
+    raise user_errors.MissingInput(
       f"tfds dataset {name!r} is not prepared in {data_dir} ({e}). " + _prepare_hint(name, data_dir)
     ) from e
 
@@ -193,7 +196,7 @@ class TfdsSource:
     try:
       return builder.as_data_source(split=self.split, decoders=skip or None)
     except NotImplementedError as e:  # prepared, but as TFRecord (or not at all)
-      raise FileNotFoundError(
+      raise user_errors.MissingInput(
         f"tfds dataset {self.name!r} has no ArrayRecord files in {self.data_dir} ({e}). "
         + _prepare_hint(self.name, self.data_dir)
       ) from e

@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jaxcl import checkpoint, config_lib, sharding, writers
+from jaxcl import checkpoint, config_lib, sharding, user_errors, writers
 from jaxcl.engine import report
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress
@@ -37,8 +37,8 @@ from jaxcl.preemption import (  # noqa: F401  (loop.PREEMPTED_EXIT_CODE for call
 )
 
 
-class NonFiniteLoss(FloatingPointError):
-  pass
+class NonFiniteLoss(user_errors.UserError, FloatingPointError):
+  """A non-finite loss with train.nan_policy='stop'."""
 
 
 @dataclasses.dataclass
@@ -134,6 +134,7 @@ class Hooks(NamedTuple):
   after_step: Callable = lambda compiled, progress: progress
   eval_due: Callable = lambda stage, step_in_stage: False
   evaluate: Callable = None  # (compiled, state, progress, global_step, writer) -> progress
+  stage_name: str = "stage"  # what the console calls a stage: task | domain
 
 
 def train_stages(
@@ -161,6 +162,7 @@ class _StageLoop:
   def __init__(self, run: Run, hooks: Hooks, meta: dict):
     self.run, self.hooks, self.meta = run, hooks, meta
     self.writer = self.preempted = None
+    self.num_stages = 0
 
   def save(self, progress, state, data_state, *, keep_forever: bool, wait: bool = False) -> int:
     """Checkpoints `state` with `progress` as the resume cursor; returns the checkpoint id."""
@@ -179,6 +181,7 @@ class _StageLoop:
     r, hooks = self.run, self.hooks
     compiled = hooks.compile(graphdef, state)
     state = jax.device_put(state, compiled.state_sharding)
+    self.num_stages = len(stage_steps)
     self.writer = writers.MetricWriter(r.workdir, enabled=r.main_process)
     self.preempted = PreemptionWatch(r.ckpt)
     try:
@@ -211,7 +214,8 @@ class _StageLoop:
     bar = tqdm.tqdm(
       total=num_steps,
       initial=progress.step_in_stage,
-      desc=f"stage {stage}",
+      desc=f"{hooks.stage_name} {stage + 1}/{self.num_stages}",
+      unit="step",
       disable=not self.run.main_process,
       leave=False,
     )
@@ -248,7 +252,7 @@ class _StageLoop:
         )
         metrics = hooks.log_metrics(compiled, progress, global_step, loss, seconds, s - tick_step)
         self.writer.write(global_step, metrics)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", **throughput_shown(metrics))
         bar.update(s - tick_step)
         if evaluating:
           progress = hooks.evaluate(compiled, state, progress, global_step, self.writer)
@@ -260,6 +264,12 @@ class _StageLoop:
           raise Preempted()
     bar.close()
     return graphdef, state, compiled, progress
+
+
+def throughput_shown(metrics: dict) -> dict[str, str]:
+  """The progress bar's throughput, e.g. {"ex/s": "1,234"}, from a step's logged metrics."""
+  units = {"examples_per_sec": "ex/s", "tokens_per_sec": "tok/s"}
+  return {unit: f"{metrics[key]:,.0f}" for key, unit in units.items() if key in metrics}
 
 
 def finish(run: Run, results: dict) -> dict:
@@ -293,7 +303,8 @@ def check_finite(
     name, value = ("loss", losses[i]) if not np.isfinite(losses[i]) else ("update_norm", norms[i])
     raise NonFiniteLoss(
       f"non-finite loss at step {global_step - len(pending) + i + 1} (task {stage}): metric "
-      f"'{name}' = {value}; stopped, the last good checkpoint is intact "
-      f"(train.nan_policy='skip' skips such steps instead)"
+      f"'{name}' = {value}; stopped, the checkpoints before it are intact. Train again with a "
+      f"lower optim.lr, with optim.clip_norm > 0, or with train.nan_policy='skip' (skips such "
+      f"steps); a changed config needs a new --workdir or --config.resume=false"
     )
   return losses, finite

@@ -11,13 +11,13 @@ import subprocess
 import jax
 from etils import epath
 
-from jaxcl import config_lib, writers
+from jaxcl import config_lib, user_errors, writers
 
 _PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint", "grain", "jaxcl")
 
 
-class ConfigMismatch(ValueError):
-  pass
+class ConfigMismatch(user_errors.UserError, ValueError):
+  """A workdir's checkpoint was made under another config."""
 
 
 def check_and_write_config(workdir: str, config, *, write: bool) -> None:

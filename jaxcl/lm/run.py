@@ -324,6 +324,7 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     after_step=after_step,
     eval_due=lambda d, s: eval_due(s, steps[d], config.eval),
     evaluate=evaluate,
+    stage_name="domain",
   )
   targets = {}  # (graphdef, state) of the model shape of each checkpoint tried, by events done
 

@@ -10,6 +10,8 @@ vision_transformer loaders do: CLS row kept, grid zoomed with `scipy.ndimage.zoo
 
 from __future__ import annotations
 
+import zipfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from jaxcl import user_errors
 from jaxcl.models.vit import ViT
 
 POS_EMBEDDING = "Transformer/posembed_input/pos_embedding"
@@ -95,7 +98,9 @@ def vit_params(model: ViT) -> dict[str, nnx.Param]:
 def _existing(path: str) -> epath.Path:
   p = epath.Path(path)
   if not p.exists():
-    raise FileNotFoundError(f"pretrained ViT weights {path} not found; {HOW_TO_GET}")
+    raise user_errors.MissingInput(
+      f"pretrained ViT weights {path} (model.init) not found; {HOW_TO_GET}"
+    )
   return p
 
 
@@ -104,8 +109,18 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
   Strips an `opt/target/` prefix and maps Linen block names back to the pre-Linen ones.
   """
-  with _existing(path).open("rb") as f, np.load(f, allow_pickle=False) as npz:
-    raw = {key: npz[key] for key in npz.files}
+  try:
+    with _existing(path).open("rb") as f, np.load(f, allow_pickle=False) as npz:
+      raw = {key: npz[key] for key in npz.files}
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    if isinstance(e, user_errors.UserError):
+      raise
+    raise user_errors.BadInput(
+      f"pretrained ViT weights {path} (model.init) are not a readable .npz of arrays ({e}); "
+      "expected a google vision_transformer checkpoint (numpy.savez of float arrays named like "
+      "Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel); the file may be truncated or "
+      f"another format: {HOW_TO_GET}"
+    ) from e
   out = {}
   for key, value in raw.items():
     parts = key.removeprefix("opt/target/").split("/")
@@ -213,18 +228,26 @@ def load_vit(model: ViT, path: str, *, keep_head: bool = False) -> list[str]:
     num_heads = model.blocks[0].attn.query.kernel.shape[1]
     weights, skipped = read_safetensors(path, num_heads=num_heads)
   else:
-    raise ValueError(f"{path}: expected a .npz (google) or .safetensors (timm/HF) ViT checkpoint")
+    raise user_errors.BadInput(
+      f"{path} (model.init): expected a .npz (google) or .safetensors (timm/HF) ViT checkpoint"
+    )
   for key, param in params.items():
     if key.startswith("head/"):
       continue
     if key not in weights:
-      raise KeyError(f"{path} has no {key!r}, which the model needs; {HOW_TO_GET}")
+      raise user_errors.BadInput(
+        f"{path} (model.init) has no {key!r}, which the model needs (the weights are of another "
+        f"model: check model.variant); {HOW_TO_GET}"
+      )
     array = np.asarray(weights.pop(key), np.float32)
     if key == POS_EMBEDDING and array.shape != param.shape and array.shape[-1] == param.shape[-1]:
       logging.info("load_vit: resizing %s from %s to %s", key, array.shape, param.shape)
       array = resize_pos_embedding(array, param.shape[1])
     if array.shape != param.shape:
-      raise ValueError(f"{path}: {key!r} has shape {array.shape}, the model expects {param.shape}")
+      raise user_errors.BadInput(
+        f"{path} (model.init): {key!r} has shape {array.shape}, the model expects {param.shape}; "
+        "set model.variant to the checkpoint's (e.g. B/16) or use weights of this model"
+      )
     _assign(param, array)
   head = sorted(k for k in params if k.startswith("head/"))
   head_fits = all(k in weights and weights[k].shape == params[k].shape for k in head)

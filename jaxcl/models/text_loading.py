@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load, save_file
 
-from jaxcl import paths
+from jaxcl import paths, user_errors
 from jaxcl.models import bert, gpt
 
 FAMILIES = ("gpt2", "llama", "bert")
@@ -294,11 +294,14 @@ def load_hf(model: nnx.Module, tensors: dict, files: tuple[str, ...] = ()) -> Lo
     elif key == _TIED_COPIES[family]:
       tied[original] = value
     else:
-      raise ValueError(f"unknown checkpoint tensor {original!r} for a jaxcl {family} model")
+      raise user_errors.BadInput(
+        f"unknown checkpoint tensor {original!r} for a jaxcl {family} model: the weights are "
+        "of another architecture than the config's model (check model.* or the file)"
+      )
   embedding = params.get("embed.embedding", current["embed.embedding"])
   for key, value in tied.items():
     if np.shape(value) != embedding.shape or not np.allclose(value, embedding):
-      raise ValueError(
+      raise user_errors.BadInput(
         f"checkpoint tensor {key!r} is not a copy of the token embedding; this jaxcl model ties "
         "its output layer to the embedding (set tie_embeddings=False for an untied lm_head)"
       )
@@ -311,13 +314,20 @@ def load_hf(model: nnx.Module, tensors: dict, files: tuple[str, ...] = ()) -> Lo
 def read_checkpoint(path: str) -> tuple[dict, dict | None, tuple[str, ...]]:
   """(tensors, HF config or None, files) from a `.safetensors` file or a directory of them
   (local or gs://)."""
+  if not paths.path(path).exists():
+    raise user_errors.MissingInput(
+      f"text model weights {path} not found: give a .safetensors file or a directory of them "
+      "(an HF checkpoint: config.json beside its *.safetensors)"
+    )
   if paths.path(path).is_dir():
     files = paths.glob(f"{path.rstrip('/')}/*.safetensors")
     directory = path
   else:
     files, directory = [path], os.path.dirname(path)
   if not files:
-    raise FileNotFoundError(f"no .safetensors file in {path}")
+    raise user_errors.MissingInput(
+      f"no .safetensors file in {path}: give an HF checkpoint directory"
+    )
   tensors = {}
   for f in files:
     tensors.update(load(paths.path(f).read_bytes()))

@@ -11,7 +11,7 @@ import os
 import sysconfig
 import tokenize
 
-from jaxcl import paths
+from jaxcl import paths, user_errors
 
 # Directories never read: test suites, IDLE and demos, installed packages, codec tables and
 # the generated pydoc topics (prose, read through its import instead).
@@ -98,7 +98,10 @@ def stdlib_documents(subdir: str = "") -> tuple[tuple[tuple[str, str], ...], ...
   """
   root = os.path.join(stdlib_root(), subdir)
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"no stdlib folder {root} (prose:<folder> / code:<folder>)")
+    raise user_errors.MissingInput(
+      f"no stdlib folder {root} (data.domains prose:<folder> / code:<folder>); use a folder "
+      "of the Python standard library, e.g. prose:json, or prose alone for all of it"
+    )
   prose, code = [], []
   for rel in python_files(root):
     try:
@@ -126,7 +129,10 @@ def glob_documents(pattern: str) -> list[tuple[str, str]]:
   """(path, text) for every file matching `pattern` (`paths.glob`: local or gs://), sorted."""
   files = [p for p in paths.glob(pattern) if paths.path(p).is_file()]
   if not files:
-    raise FileNotFoundError(f"no file matches glob:{pattern}")
+    raise user_errors.MissingInput(
+      f"no file matches the text domain glob:{pattern} (data.domains); check the pattern "
+      "(quote it in the shell so it is not expanded there; ** matches subfolders)"
+    )
   return [(p, paths.path(p).read_bytes().decode("utf-8", errors="replace")) for p in files]
 
 

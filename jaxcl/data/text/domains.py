@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcl import paths
+from jaxcl import paths, user_errors
 from jaxcl.data import pipeline
 from jaxcl.data.text import corpora
 from jaxcl.data.text.packing import (
@@ -96,7 +96,10 @@ def load_domain(
   if kind == "arrayrecord":
     files = paths.glob(arg)
     if not files:
-      raise FileNotFoundError(f"no ArrayRecord file matches {arg!r}")
+      raise user_errors.MissingInput(
+        f"no ArrayRecord file matches {arg!r} (data.domains arrayrecord:<pattern>); check the "
+        "pattern and that the token files were written"
+      )
     source = grain.sources.ArrayRecordDataSource(files)
     lengths = record_lengths(source, record_dtype)
     ids = range(len(lengths))

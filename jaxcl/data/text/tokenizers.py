@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcl import paths
+from jaxcl import paths, user_errors
 
 # Byte tokenizer ids: 0..255 are the UTF-8 bytes.
 EOS_ID, PAD_ID, MASK_ID = 256, 257, 258  # document separator / padding / masked-LM input
@@ -101,8 +101,26 @@ def make_tokenizer(name: str = "byte") -> ByteTokenizer | HFTokenizer | Sentence
   """`byte` (or empty), a `tokenizers` `.json` file, or a sentencepiece `.model` file."""
   if name in ("", "byte"):
     return ByteTokenizer()
-  if name.endswith(".json"):
-    return HFTokenizer(name)
-  if name.endswith(".model"):
-    return SentencePieceTokenizer(name)
+  kinds = {
+    ".json": (HFTokenizer, "tokenizers"),
+    ".model": (SentencePieceTokenizer, "sentencepiece"),
+  }
+  kind, package = next((k for suffix, k in kinds.items() if name.endswith(suffix)), (None, ""))
+  if kind is not None:
+    _require(package, name)  # a missing package is named first
+    if not paths.path(name).is_file():
+      raise user_errors.MissingInput(
+        f"tokenizer file {name} (data.tokenizer) not found; give the path of a tokenizers "
+        ".json or sentencepiece .model file, or data.tokenizer=byte"
+      )
+    try:
+      return kind(name)
+    except (ImportError, user_errors.UserError):
+      raise
+    except Exception as e:  # noqa: BLE001  (the libraries raise their own error types)
+      raise user_errors.BadInput(
+        f"tokenizer file {name} (data.tokenizer) could not be read as a "
+        f"{'tokenizers JSON' if kind is HFTokenizer else 'sentencepiece model'} ({e}); "
+        "check that it is that format and not truncated"
+      ) from e
   raise ValueError(f"data.tokenizer={name!r}: use byte | <file>.json (tokenizers) | <file>.model")
