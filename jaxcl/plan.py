@@ -276,7 +276,7 @@ def _vocab_size(config) -> int:
   return presets[config.model.preset]["vocab_size"]
 
 
-def format_plan(where: str, planner: Planner, train, evaluate, hbm: float, largest=None) -> str:
+def format_plan(where: str, planner: Planner, train, evaluate, hbm: float) -> str:
   """The printed plan (see the module docstring)."""
   g = lambda n: f"{n / GIB:8.2f}"
   lines = [
@@ -301,28 +301,40 @@ def format_plan(where: str, planner: Planner, train, evaluate, hbm: float, large
     lines.append(
       f"model FLOPs of a train step (MaxText's count): {step / 1e12:.1f} TFLOP per device"
     )
-  if largest is not None:
-    rows = planner.train_rows
-    best = per_device_microbatch(rows, planner.batch_devices, largest)
-    lines.append(
-      f"largest train batch that fits: {largest} rows per device (one microbatch); "
-      f"{rows} rows = {rows // max(best * planner.batch_devices, 1) if best else '-'} "
-      f"microbatches with --config.train.per_device_microbatch={best or '-'}"
-    )
   return "\n".join(lines)
+
+
+def format_largest(planner: Planner, largest: int) -> str:
+  """The search's answer: the largest per-device batch and the accumulation that uses it."""
+  rows = planner.train_rows
+  best = per_device_microbatch(rows, planner.batch_devices, largest)
+  pieces = rows // (best * planner.batch_devices) if best else "-"
+  return (
+    f"largest train batch that fits: {largest} rows per device (one microbatch); {rows} rows = "
+    f"{pieces} microbatches with --config.train.per_device_microbatch={best or '-'}"
+  )
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
   topology = _TOPOLOGY.value
   devices = topology_devices(topology) if topology else jax.devices()
   hbm = _HBM.value * GIB or HBM_GIB.get(devices[0].device_kind, 16) * GIB
-  planner = Planner(config, devices)
+  planner = Planner(_CONFIG.value, devices)
   train, evaluate = planner.compile()
-  largest = largest_fitting(lambda n: planner.fits(n, hbm), _MAX.value) if _SEARCH.value else None
-  print(format_plan(topology or "this machine", planner, train, evaluate, hbm, largest))
+  print(format_plan(topology or "this machine", planner, train, evaluate, hbm), flush=True)
+  if not _SEARCH.value:
+    return
+
+  def fits(per_device: int) -> bool:
+    ok = planner.fits(per_device, hbm)
+    m, _ = planner.compile(rows=per_device * planner.batch_devices, evaluate=False)
+    shown = m.error or f"{m.total / GIB:.2f} GiB"
+    print(f"  train at {per_device} rows per device: {shown}, fits={ok}", flush=True)
+    return ok
+
+  print(format_largest(planner, largest_fitting(fits, _MAX.value)))
 
 
 def _define_flags() -> None:

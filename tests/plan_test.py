@@ -57,6 +57,9 @@ def test_plan_on_cpu_devices_counts_the_batch_and_the_state(name):
   assert planner.fits(per_device, hbm_bytes=large.total)
   assert not planner.fits(per_device, hbm_bytes=large.total - 1)
   assert planner.traces["train"] == compiles  # the search reuses a batch's compile
+  printed = plan.format_plan("this machine", planner, train, evaluate, hbm=2 * train.total)
+  row = next(line.split() for line in printed.splitlines() if line.startswith("train "))
+  assert row[1:3] == [str(train.rows_per_device), "1"] and row[7] == "50%"
 
 
 def test_microbatches_shrink_the_rows_a_step_holds():
