@@ -15,8 +15,9 @@ Printed per step (train, eval): rows per device, microbatches, the bytes per dev
 arguments (state + batch), outputs, temporaries and their total (arguments + outputs - aliased
 donations + temporaries + code) against the chip's HBM, and the FLOPs XLA counts (a scanned
 loop body once: with `scan_layers` that is one layer, not all). Then the largest per-device
-batch of one train microbatch that fits (doubling, then bisection, one compile each), and the
-`train.per_device_microbatch` that reaches the configured global batch with it.
+batch of one train microbatch that fits (doubling, then bisection, one compile each, each
+printed as it is tried), and the `train.per_device_microbatch` that reaches the configured
+global batch with it.
 """
 
 from __future__ import annotations
