@@ -41,12 +41,12 @@ from jaxcl.lm import models, replay
 from jaxcl.lm import run as lm_run
 from jaxcl.models import bert, gpt
 
-# Nominal HBM per JAX device (a chip; a TensorCore on v2/v3), GiB, by `device_kind`.
+# HBM per JAX device (a chip; a TensorCore on v2/v3), GiB, by `device_kind`.
 HBM_GIB = {
   "TPU v2": 8,
   "TPU v3": 16,
   "TPU v4": 32,
-  "TPU v5 lite": 16,  # v5e
+  "TPU v5 lite": 15.75,  # v5e: 16 GiB, of which XLA says 15.75 are available
   "TPU v5": 95,  # v5p
   "TPU v6 lite": 32,  # v6e (Trillium)
 }
