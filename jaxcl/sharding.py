@@ -114,11 +114,18 @@ def make_mesh(
   return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
-def mesh_from_config(mesh_config) -> Mesh:
-  """The mesh of a config's `mesh` section (jaxcl/config_lib.py)."""
+def mesh_from_config(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh of a config's `mesh` section (jaxcl/config_lib.py) over `devices` (default all;
+  jaxcl/plan.py passes a TPU topology's)."""
   m = mesh_config
   return make_mesh(
-    m.data, m.fsdp, m.tensor, dcn_data=m.dcn_data, dcn_fsdp=m.dcn_fsdp, dcn_tensor=m.dcn_tensor
+    m.data,
+    m.fsdp,
+    m.tensor,
+    dcn_data=m.dcn_data,
+    dcn_fsdp=m.dcn_fsdp,
+    dcn_tensor=m.dcn_tensor,
+    devices=devices,
   )
 
 

@@ -11,13 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from flax import nnx
-
-from jaxcl import checkpoint, config_lib, methods, optim, sharding
+from jaxcl import checkpoint, config_lib, methods, sharding
 from jaxcl.cil import evaluate
 from jaxcl.cil import run as cil_run
 from jaxcl.data import benchmark
-from jaxcl.engine import state as state_lib
 from jaxcl.engine import step
 from jaxcl.lm import run as lm_run
 
@@ -69,22 +66,10 @@ class Learner(NamedTuple):
 def build_learner(config, num_classes: int) -> Learner:
   """The learner `cil.run.run(config, ...)` starts from, on the config's mesh."""
   method = methods.get(config.method.name).make(config)
-  tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, config.optim.lr, 8))
-  model = method.build(config, num_classes, nnx.Rngs(config.seed))
-  extra = method.init_extra(model, num_classes)
-  graphdef, state = state_lib.init_state(
-    model, method.trainable, tx, extra, num_classes, config.seed
-  )
+  _, tx, graphdef, state = cil_run.build_learner(config, method, num_classes, 8)
   mesh = sharding.mesh_from_config(config.mesh)
-  state_sh = sharding.state_shardings(state, mesh, replicate_frozen=True)
-  eval_step = step.make_eval_step(
-    method.predict,
-    graphdef,
-    scale=config.data.scale,
-    mask_unseen=config.eval.mask_unseen,
-    state_sharding=state_sh,
-    batch_sharding=sharding.batch_sharding(mesh),
-    traces=step.Traces(),
+  state_sh, _, eval_step = cil_run.make_steps(
+    config, method, tx, graphdef, state, mesh, step.Traces()
   )
   return Learner(config, method, graphdef, state, state_sh, eval_step)
 

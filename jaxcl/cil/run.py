@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +53,61 @@ def device_augmentation(data):
   return functools.partial(aug, scale_min=data.rrc_scale_min)
 
 
+class Steps(NamedTuple):
+  """A learner's shardings and jitted steps on one mesh (built by `make_steps`)."""
+
+  state_sharding: Any
+  train: Callable  # (state, batch) -> (state, metrics)
+  eval: Callable  # (state, batch, task_mask [C]) -> sums
+
+
+def build_learner(config, method, num_classes: int, max_steps: int):
+  """(schedule, optimizer, graphdef, initial learner state): what a run builds before it
+  touches data (jaxcl/plan.py builds it under `jax.eval_shape`)."""
+  base_lr = optim.learning_rate(config.optim, config.data.batch_size)
+  schedule = optim.make_schedule(config.optim, base_lr, max_steps)
+  tx = optim.make_optimizer(config.optim, schedule)
+  model = method.build(config, num_classes, nnx.Rngs(config.seed))
+  extra = method.init_extra(model, num_classes)
+  graphdef, state = state_lib.init_state(
+    model, method.trainable, tx, extra, num_classes, config.seed
+  )
+  return schedule, tx, graphdef, state
+
+
+def make_steps(config, method, tx, graphdef, state, mesh, traces: step_lib.Traces) -> Steps:
+  """The train and eval steps of `method` on `mesh`; `state` may be abstract.
+
+  Data-parallel: the frozen backbone is replicated; trainable parameters and their optimizer
+  moments follow the logical-axis rules (replicated too on a data-only mesh).
+  """
+  state_sh = sharding.state_shardings(state, mesh, replicate_frozen=True)
+  batch_sh = sharding.batch_sharding(mesh)
+  common = dict(
+    scale=config.data.scale, state_sharding=state_sh, batch_sharding=batch_sh, traces=traces
+  )
+  clip_all = config.optim.clip_norm if config.optim.clip_scope == "all" else 0.0
+  train_step = step_lib.make_train_step(
+    method.loss,
+    graphdef,
+    tx,
+    skip_nonfinite=config.train.nan_policy == "skip",
+    clip_all=clip_all,
+    augment=device_augmentation(config.data),
+    microbatches=microbatch.count(
+      config.data.batch_size,
+      sharding.batch_devices(mesh),
+      microbatches=config.train.microbatches,
+      per_device=config.train.per_device_microbatch,
+    ),
+    **common,
+  )
+  eval_step = step_lib.make_eval_step(
+    method.predict, graphdef, mask_unseen=config.eval.mask_unseen, **common
+  )
+  return Steps(state_sh, train_step, eval_step)
+
+
 def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   """Trains and evaluates a whole task sequence; returns the results.json dict."""
   r = loop.start_run(config, workdir, traces)
@@ -62,38 +119,9 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   steps = [
     task_steps(config, len(t.train_idx)) if trains(method, i) else 0 for i, t in enumerate(tasks)
   ]
-  base_lr = optim.learning_rate(config.optim, data.batch_size)
-  schedule = optim.make_schedule(config.optim, base_lr, max(steps))
-  tx = optim.make_optimizer(config.optim, schedule)
-
-  model = method.build(config, num_classes, nnx.Rngs(config.seed))
-  graphdef, state = state_lib.init_state(
-    model, method.trainable, tx, method.init_extra(model, num_classes), num_classes, config.seed
-  )
-  del model
-  # Data-parallel: the frozen backbone is replicated; trainable parameters and their optimizer
-  # moments follow the logical-axis rules (replicated too on a data-only mesh).
-  state_sh = sharding.state_shardings(state, r.mesh, replicate_frozen=True)
+  schedule, tx, graphdef, state = build_learner(config, method, num_classes, max(steps))
+  state_sh, train_step, eval_step = make_steps(config, method, tx, graphdef, state, r.mesh, traces)
   common = dict(scale=data.scale, state_sharding=state_sh, batch_sharding=batch_sh, traces=traces)
-  clip_all = config.optim.clip_norm if config.optim.clip_scope == "all" else 0.0
-  train_step = step_lib.make_train_step(
-    method.loss,
-    graphdef,
-    tx,
-    skip_nonfinite=config.train.nan_policy == "skip",
-    clip_all=clip_all,
-    augment=device_augmentation(data),
-    microbatches=microbatch.count(
-      data.batch_size,
-      sharding.batch_devices(r.mesh),
-      microbatches=config.train.microbatches,
-      per_device=config.train.per_device_microbatch,
-    ),
-    **common,
-  )
-  eval_step = step_lib.make_eval_step(
-    method.predict, graphdef, mask_unseen=config.eval.mask_unseen, **common
-  )
   begin_task = step_lib.make_begin_task(
     tx, reset_opt=config.optim.reset_per_task, state_sharding=state_sh, traces=traces
   )

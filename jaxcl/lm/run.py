@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +109,56 @@ def mfu_phases(progress: LmProgress, last_step: int, peak: float) -> list[dict]:
   return out
 
 
+class Learner(NamedTuple):
+  """What a run builds before it touches data (jaxcl/plan.py builds it under
+  `jax.eval_shape`)."""
+
+  steps: list[int]  # steps per domain
+  schedule: Callable
+  tx: optax.GradientTransformation
+  objective: objectives.Objective
+  model_config: Any  # gpt.Config | bert.Config
+  graphdef: Any
+  state: state_lib.LearnerState
+
+
+def build_learner(config, vocab_size: int, num_domains: int) -> Learner:
+  """The schedule over `num_domains` domains, the optimizer, the objective, the initial state."""
+  steps = [int(config.train.steps_per_domain)] * num_domains
+  if config.data.union:  # the union baseline: one stage over every domain's windows, same tokens
+    steps = [sum(steps)]
+  schedule = growth_events.lr_schedule(config.growth, schedules.make(config, steps), sum(steps))
+  tx = optim.make_optimizer(config.optim, schedule)
+  objective = objectives.make(config.train.objective, chunk=config.train.loss_chunk)
+  model = models.build(config, vocab_size, nnx.Rngs(config.seed))
+  # `seen` / `current` mark domains here (trained so far / being trained).
+  graphdef, state = state_lib.init_state(model, nnx.Param, tx, {}, num_domains, config.seed)
+  return Learner(steps, schedule, tx, objective, model.config, graphdef, state)
+
+
+def make_steps(config, objective, tx, graphdef, state, mesh, *, rows: int, traces):
+  """(state shardings, train step, loss step) of one model shape on `mesh` (FSDP / tensor
+  parallel) for batches of `rows` sequences; `state` may be abstract."""
+  batch_sh = sharding.batch_sharding(mesh)
+  state_sh = sharding.state_shardings(state, mesh, replicate_frozen=False)
+  on = dict(state_sharding=state_sh, batch_sharding=batch_sh, traces=traces)
+  train_step = step_lib.make_train_step(
+    objective.loss,
+    graphdef,
+    tx,
+    scale="none",
+    skip_nonfinite=config.train.nan_policy == "skip",
+    microbatches=microbatch.count(
+      rows,
+      sharding.batch_devices(mesh),
+      microbatches=config.train.microbatches,
+      per_device=config.train.per_device_microbatch,
+    ),
+    **on,
+  )
+  return state_sh, train_step, step_lib.make_loss_step(objective.loss_sums, graphdef, **on)
+
+
 def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   """Trains the domain sequence; returns the results.json dict (DESIGN.md §3)."""
   r = loop.start_run(config, workdir, traces)
@@ -122,31 +173,20 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     wrap = lambda src, i: text.MaskedSource(src, tokenizer, seed=config.seed * 1000 + i, prob=prob)
     train_sources = [wrap(s, i) for i, s in enumerate(train_sources)]
     valid_sources = [wrap(s, 500 + i) for i, s in enumerate(valid_sources)]  # other masks
-  steps = [int(config.train.steps_per_domain)] * len(names)
-  if data.union:  # the union baseline: one stage over every domain's windows, the same tokens
-    train_sources, steps = [text.Union(train_sources)], [sum(steps)]
+  learner = build_learner(config, tokenizer.vocab_size, len(names))
+  steps, schedule, tx, objective = learner.steps, learner.schedule, learner.tx, learner.objective
+  graphdef, state = learner.graphdef, learner.state
+  if data.union:  # the union baseline (build_learner gave it one stage of all the steps)
+    train_sources = [text.Union(train_sources)]
   # Bits per byte (lm): the target tokens of each domain's validation windows and their bytes.
   sizes = [
     text.valid_bytes(s, num_sequences=data.valid_sequences, tokenizer=tokenizer)
     for s in (valid_sources if config.train.objective == "lm" else ())
   ]
-  schedule = growth_events.lr_schedule(config.growth, schedules.make(config, steps), sum(steps))
-  tx = optim.make_optimizer(config.optim, schedule)
-  objective = objectives.make(config.train.objective, chunk=config.train.loss_chunk)
-  model = models.build(config, tokenizer.vocab_size, nnx.Rngs(config.seed))
-  plan = growth_events.GrowthPlan(config, model.config, objective.loss, tx, len(names))
-  # `seen` / `current` mark domains here (trained so far / being trained).
-  graphdef, state = state_lib.init_state(model, nnx.Param, tx, {}, len(names), config.seed)
-  del model
+  plan = growth_events.GrowthPlan(config, learner.model_config, objective.loss, tx, len(names))
   rows = replay.Plan(0, config.replay.fraction, config.replay.mode, data.batch_size).rows
   sharding.check_batch(rows, r.mesh, "data.batch_size plus replay rows")
   tokens_per_step = rows * data.seq_len
-  microbatches = microbatch.count(
-    rows,
-    sharding.batch_devices(r.mesh),
-    microbatches=config.train.microbatches,
-    per_device=config.train.per_device_microbatch,
-  )
   peak = throughput.find_peak(config.train.peak_tflops, jax.devices(), config.model.dtype)
   # Infinite / WSD schedules with `train.anneal_branch` (the default): the anneal of a domain is
   # an evaluation branch (its loss-matrix row; its weights saved in anneal_branches/), and the
@@ -166,20 +206,11 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
 
   def compile_shape(graphdef, state) -> loop.Compiled:
     """Shardings and jitted steps of one model shape (FSDP / tensor parallel)."""
-    state_sh = sharding.state_shardings(state, r.mesh, replicate_frozen=False)
-    on = dict(state_sharding=state_sh, traces=r.traces)
-    train_step = step_lib.make_train_step(
-      objective.loss,
-      graphdef,
-      tx,
-      scale="none",
-      skip_nonfinite=config.train.nan_policy == "skip",
-      batch_sharding=batch_sh,
-      microbatches=microbatches,
-      **on,
+    state_sh, train_step, loss_step = make_steps(
+      config, objective, tx, graphdef, state, r.mesh, rows=rows, traces=r.traces
     )
     other = ShapeSteps(
-      step_lib.make_loss_step(objective.loss_sums, graphdef, batch_sharding=batch_sh, **on),
+      loss_step,
       step_lib.make_state_fn(begin, state_sharding=state_sh),
       step_lib.make_state_fn(_skip, state_sharding=state_sh),
       step_lib.make_state_fn(growth_events.set_masks, state_sharding=state_sh),
