@@ -45,7 +45,7 @@ from jaxcl.models import bert, gpt
 HBM_GIB = {
   "TPU v2": 8,
   "TPU v3": 16,
-  "TPU v4": 32,
+  "TPU v4": 30.75,  # XLA's available HBM (nominal 32)
   "TPU v5 lite": 15.75,  # v5e: 16 GiB, of which XLA says 15.75 are available
   "TPU v5": 95,  # v5p
   "TPU v6 lite": 32,  # v6e (Trillium)
