@@ -61,7 +61,9 @@ def test_command_line_runs_smoke_and_writes_default_workdir(tmp_path):
   assert out.stdout.startswith("finetune:smoke -> runs/finetune-smoke: {'A_last'")
   lines = [line for line in re.split(r"[\r\n]", out.stderr) if line.strip()]
   assert "config finetune:smoke -> workdir runs/finetune-smoke" in lines
-  assert sum(line.startswith("task ") for line in lines) == results["num_tasks"]
+  # One accuracy row per task (the progress bar's refreshes also start with "task i/n").
+  rows = [line for line in lines if line.startswith("task ") and "accuracy per seen task" in line]
+  assert len(rows) == results["num_tasks"], lines
   assert not any("checkpoint_manager.py" in line for line in lines), out.stderr[-3000:]
   log = (workdir / "log.txt").read_text()
   assert "checkpoint_manager.py" in log and "accuracy per seen task" in log
