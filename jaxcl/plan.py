@@ -210,7 +210,10 @@ class Planner:
     batch_sh = sharding.batch_sharding(self.mesh)
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=batch_sh)
     train = compile_step(
-      train_step, (state, self._batch(config, train_rows, spec)), per(train_rows) // micro, micro
+      train_step,
+      (state, self._batch(config, train_rows, spec, train=True)),
+      per(train_rows) // micro,
+      micro,
     )
     if not evaluate:
       return train, None
@@ -239,11 +242,15 @@ class Planner:
       config, p["method"], p["tx"], p["graphdef"], self.state, self.mesh, traces
     )
 
-  def _batch(self, config, rows: int, spec) -> dict:
-    """Abstract batches as the input pipelines make them."""
+  def _batch(self, config, rows: int, spec, train: bool = False) -> dict:
+    """Abstract batches as the input pipelines make them (with `data.augment_on=device` the
+    training images arrive at `data.host_image_size`, as jaxcl/data/benchmark.py ships them)."""
     d = config.data
     if config.kind != "cpt":
-      shape = (rows, d.image_size, d.image_size, d.channels)
+      size = d.image_size
+      if train and d.augment_on == "device":
+        size = d.host_image_size or d.image_size
+      shape = (rows, size, size, d.channels)
       return {"image": spec(shape, "uint8"), "label": spec((rows,), "int32")}
     if config.train.objective == "mlm":
       return {
