@@ -227,9 +227,10 @@ class Checkpointer:
         "CHECKPOINT STEP %d in %s CANNOT BE RESTORED (%s); %s",
         s,
         self.directory,
-        errors[-1][1],
+        _first_line(errors[-1][1]),
         "trying the next older one" if step is None else "none left to try",
       )
+      logging.info("checkpoint step %d: the full error:\n%s", s, errors[-1][1])
       bound = s - 1
     raise CheckpointError(
       f"no good checkpoint in {self.directory}: tried steps {[e[0] for e in errors]}, all failed;"

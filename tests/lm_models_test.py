@@ -661,3 +661,17 @@ def test_minilm_tokenizer_json(minilm):
   assert encoding.ids == [101] + [vocab[w] for w in "the cat sits on the mat .".split()] + [102]
   hidden = run(minilm[0], np.asarray([encoding.ids]), method="encode")
   assert hidden.shape == (1, len(encoding.ids), 384) and np.isfinite(hidden).all()
+
+
+def test_weights_of_another_size_or_architecture_are_a_user_error():
+  model = gpt.GPT(
+    gpt.Config(vocab_size=16, seq_len=8, num_layers=1, width=8, num_heads=2, mlp_dim=16),
+    rngs=nnx.Rngs(0),
+  )
+  params = text_loading.flat_params(model)
+  key = "embed.embedding"
+  with pytest.raises(user_errors.BadInput, match=r"embed\.embedding have shape \(16, 9\)"):
+    text_loading.set_flat_params(model, {key: np.zeros((16, 9), np.float32)})
+  with pytest.raises(user_errors.BadInput, match="does not have"):
+    text_loading.set_flat_params(model, {"blocks.7.mlp.fc1.kernel": params[key]})
+  np.testing.assert_array_equal(text_loading.flat_params(model)[key], params[key])  # untouched

@@ -227,10 +227,17 @@ def set_flat_params(model: nnx.Module, params: dict) -> None:
   current = flat_params(model)
   unknown = sorted(set(params) - set(current))
   if unknown:
-    raise ValueError(f"unknown jaxcl parameters {unknown[:5]} (of {len(unknown)})")
+    raise user_errors.BadInput(
+      f"weights for parameters this model does not have: {unknown[:5]} (of {len(unknown)}); "
+      "the weights are of another architecture than the config's model (check model.*)"
+    )
   for key, value in params.items():
     if tuple(np.shape(value)) != current[key].shape:
-      raise ValueError(f"{key}: shape {np.shape(value)}, expected {current[key].shape}")
+      raise user_errors.BadInput(
+        f"weights for {key} have shape {tuple(np.shape(value))} but the config's model has "
+        f"{current[key].shape}: the weights are of another size than model.* says (set the "
+        "model's layers/width/heads/vocabulary to the checkpoint's)"
+      )
   merged = {**current, **params}
   state = nnx.state(model, nnx.Param)
   for path, var in nnx.to_flat_state(state):
