@@ -7,7 +7,10 @@ names the method and preset and gives the wall time and train-step compilations.
 is written as CSV, and one PNG draws every run on shared axes: accuracy on the seen classes
 after each task (CIL), or the validation loss of each domain against tokens seen (CPT).
 Arguments may be globs (`'runs/*-fmnist'`); a directory without results.json is reported and
-skipped.
+skipped. Runs of the same config and preset that differ in other settings are labelled with those
+settings (`cpt:default replay.fraction=0.25`). `--over_seeds` folds runs whose configs differ only
+in `seed` into one row of mean ± standard deviation (n = the number of seeds): the form of a
+published table (Ibrahim et al. 2024 report their CPT rows so).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from matplotlib.ticker import MaxNLocator
 from jaxcl import writers
 
 _OUT = flags.DEFINE_string("out", ".", "Directory for compare.csv and compare.png.")
+_OVER_SEEDS = flags.DEFINE_bool(
+  "over_seeds", False, "One row per config: mean ± std over runs that differ only in seed."
+)
 
 CIL_COLUMNS = ("A_last", "A_avg", "forgetting", "task_il_A_last")
 
@@ -49,7 +55,48 @@ def read_run(workdir: str) -> Run:
     method=method,
     kind=kind,
     results=results,
+    config=config,
   )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = json.dumps(v)
+  return out
+
+
+def label_runs(runs: Sequence[Run], ignore: Sequence[str] = ()) -> list[str]:
+  """`name:preset`, plus the settings that tell apart runs sharing a name and preset."""
+  flat = [_flat(r["config"]) for r in runs]
+  labels = []
+  for r, f in zip(runs, flat, strict=True):
+    same = [
+      g
+      for q, g in zip(runs, flat, strict=True)
+      if (q["name"], q["preset"]) == (r["name"], r["preset"])
+    ]
+    keys = sorted({k for g in same for k in g} - set(ignore))
+    differ = [k for k in keys if len({g.get(k) for g in same}) > 1]
+    shown = " ".join(f"{k}={json.loads(f[k]) if k in f else '—'}" for k in differ)
+    labels.append(f"{r['name']}:{r['preset']}" + (f" {shown}" if shown else ""))
+  return labels
+
+
+def over_seeds(runs: Sequence[Run]) -> list[Run]:
+  """Runs folded by config without `seed`: results lists of their values, in seed order."""
+  groups: dict[str, list[Run]] = {}
+  for r in runs:
+    key = json.dumps({k: v for k, v in r["config"].items() if k != "seed"}, sort_keys=True)
+    groups.setdefault(key, []).append(r)
+  folded = []
+  for group in groups.values():
+    group = sorted(group, key=lambda r: r["config"].get("seed", 0))
+    folded.append(Run(group[0], members=group))
+  return folded
 
 
 def expand(patterns: Sequence[str]) -> list[str]:
@@ -62,6 +109,17 @@ def expand(patterns: Sequence[str]) -> list[str]:
 
 
 def _fmt(x, digits: int = 2) -> str:
+  if isinstance(x, list):  # one value per seed: mean ± sample standard deviation (n)
+    values = [v for v in x if v is not None]
+    if not values:
+      return "—"
+    if all(isinstance(v, int) for v in values):  # counts (compilations): the range
+      return str(min(values)) if min(values) == max(values) else f"{min(values)}–{max(values)}"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+      return _fmt(mean, digits)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
   if x is None or (isinstance(x, float) and math.isnan(x)):
     return "—"
   if isinstance(x, bool | int):
@@ -69,6 +127,22 @@ def _fmt(x, digits: int = 2) -> str:
   if isinstance(x, float):
     return f"{x:.{digits}f}"
   return str(x)
+
+
+def _value(run: Run, read):
+  """`read(results)` of a run, or the list of it over the seeds of a folded run."""
+  if "members" in run:
+    return [read(m["results"]) for m in run["members"]]
+  return read(run["results"])
+
+
+def _at(values, i: int):
+  return values[i] if values is not None and i < len(values) else None
+
+
+def _wall_minutes(results: dict):
+  wall = results.get("wall_seconds")
+  return None if wall is None else wall / 60
 
 
 def table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
@@ -79,18 +153,18 @@ def table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
     header += ["final_avg_loss", *[f"forgetting_d{d}" for d in range(max_domains - 1)]]
   header += ["wall_min", "train_compiles"]
   rows = []
-  for r in runs:
-    res = r["results"]
-    row = [f"{r['name']}:{r['preset']}", str(r["method"])]
-    row += [_fmt(res.get(k)) if r["kind"] == "cil" else "—" for k in CIL_COLUMNS]
+  labels = label_runs(runs, ignore=("seed",) if any("members" in r for r in runs) else ())
+  for r, label in zip(runs, labels, strict=True):
+    cpt = r["kind"] == "cpt"
+    row = [label, str(r["method"])]
+    row += ["—" if cpt else _fmt(_value(r, lambda x, k=k: x.get(k))) for k in CIL_COLUMNS]
     if max_domains:
-      forgetting = res.get("forgetting") if r["kind"] == "cpt" else None
-      forgetting = list(forgetting or [])
-      forgetting += [None] * (max_domains - 1 - len(forgetting))
-      row += [_fmt(res.get("final_avg_loss"), 4) if r["kind"] == "cpt" else "—"]
-      row += [_fmt(f, 4) for f in forgetting]
-    wall = res.get("wall_seconds")
-    row += [_fmt(wall / 60 if wall is not None else None, 1), _fmt(res.get("train_compiles"))]
+      row += [_fmt(_value(r, lambda x: x.get("final_avg_loss")), 4) if cpt else "—"]
+      row += [
+        _fmt(_value(r, lambda x, d=d: _at(x.get("forgetting"), d)), 4) if cpt else "—"
+        for d in range(max_domains - 1)
+      ]
+    row += [_fmt(_value(r, _wall_minutes), 1), _fmt(_value(r, lambda x: x.get("train_compiles")))]
     rows.append(row)
   return header, rows
 
@@ -131,7 +205,7 @@ def plot(runs: Sequence[Run], path: str) -> None:
   writers.save_figure(fig, path)
 
 
-def compare(workdirs: Sequence[str], out: str) -> str:
+def compare(workdirs: Sequence[str], out: str, fold_seeds: bool = False) -> str:
   """Reads `workdirs`, writes `out`/compare.csv and `out`/compare.png, returns the table."""
   runs, missing = [], []
   for w in expand(workdirs):
@@ -143,7 +217,7 @@ def compare(workdirs: Sequence[str], out: str) -> str:
     raise FileNotFoundError(
       f"no results.json in {', '.join(workdirs)}: pass the --workdir of finished runs"
     )
-  header, rows = table(runs)
+  header, rows = table(over_seeds(runs) if fold_seeds else runs)
   epath.Path(out).mkdir(parents=True, exist_ok=True)
   writers.write_text(os.path.join(out, "compare.csv"), csv(header, rows))
   plot(runs, os.path.join(out, "compare.png"))
@@ -157,7 +231,7 @@ def main(argv) -> None:
   if len(argv) < 2:
     raise app.UsageError("usage: python -m jaxcl.compare WORKDIR [WORKDIR ...] [--out=DIR]")
   try:
-    print(compare(argv[1:], _OUT.value))
+    print(compare(argv[1:], _OUT.value, fold_seeds=_OVER_SEEDS.value))
   except FileNotFoundError as e:
     raise SystemExit(f"jaxcl.compare: {e}") from None
   print(f"\nwrote {os.path.join(_OUT.value, 'compare.csv')} and compare.png")

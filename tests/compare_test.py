@@ -12,10 +12,10 @@ from helpers import ROOT
 from jaxcl import compare
 
 
-def _workdir(tmp_path, name, preset, results, method=None):
-  root = tmp_path / f"{name}-{preset}"
+def _workdir(tmp_path, name, preset, results, method=None, dirname=None, **config):
+  root = tmp_path / (dirname or f"{name}-{preset}")
   root.mkdir()
-  config = {"name": name, "preset": preset, "method": {"name": method or name}}
+  config = {"name": name, "preset": preset, "method": {"name": method or name}, **config}
   (root / "config.json").write_text(json.dumps(config))
   (root / "results.json").write_text(json.dumps(results))
   return root
@@ -92,3 +92,35 @@ def test_command_line_without_results_exits_with_a_message(tmp_path):
   )
   assert done.returncode == 1
   assert "no results.json" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_runs_of_one_config_are_told_apart_and_folded_over_seeds(tmp_path):
+  dirs = []
+  for fraction, losses in ((0.0, (3.0, 3.2, 3.4)), (0.25, (2.5, 2.5, 2.8))):
+    for seed, loss in enumerate(losses):
+      results = {**_cpt(), "final_avg_loss": loss, "forgetting": [0.1 * (seed + 1)]}
+      replay = {"fraction": fraction, "source": "seen"}
+      dirs.append(
+        _workdir(
+          tmp_path,
+          "cpt",
+          "default",
+          results,
+          "lm",
+          f"r{fraction}-s{seed}",
+          seed=seed,
+          replay=replay,
+        )
+      )
+  rows = compare.compare([str(d) for d in dirs], str(tmp_path / "all")).splitlines()[2:]
+  # Six rows, each labelled with what sets it apart from the others of cpt:default.
+  assert [r.split(" | ")[0] for r in rows[:2]] == [
+    "| cpt:default replay.fraction=0.0 seed=0",
+    "| cpt:default replay.fraction=0.0 seed=1",
+  ]
+  folded = compare.compare([str(d) for d in dirs], str(tmp_path / "f"), fold_seeds=True)
+  rows = folded.splitlines()[2:]
+  assert len(rows) == 2
+  assert rows[0].startswith("| cpt:default replay.fraction=0.0 | lm |")
+  assert "| 3.2000 ± 0.2000 (3) | 0.2000 ± 0.1000 (3) | 0.5 ± 0.0 (3) | 1 |" in rows[0]
+  assert "| 2.6000 ± 0.1732 (3) |" in rows[1]
