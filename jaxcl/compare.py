@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from jaxcl import writers
+from jaxcl import config_lib, writers
 
 _OUT = flags.DEFINE_string("out", ".", "Directory for compare.csv and compare.png.")
 _OVER_SEEDS = flags.DEFINE_bool(
@@ -35,6 +35,18 @@ _OVER_SEEDS = flags.DEFINE_bool(
 )
 
 CIL_COLUMNS = ("A_last", "A_avg", "forgetting", "task_il_A_last")
+# Settings of when a run measures, logs or saves, or of how it is laid out on devices, not of
+# what it trains: never what tells two rows apart.
+NOT_RESULTS = (
+  *config_lib.RESUMABLE_KEYS,
+  *("eval.every_steps", "eval.dense_steps", "eval.dense_every", "train.log_every_steps"),
+  "checkpoint",
+)
+
+
+def _counts(key: str, ignore: Sequence[str] = ()) -> bool:
+  """Whether a flat config key can change a run's results (not in NOT_RESULTS or `ignore`)."""
+  return not any(key == k or key.startswith(k + ".") for k in (*NOT_RESULTS, *ignore))
 
 
 class Run(dict):
@@ -79,7 +91,7 @@ def label_runs(runs: Sequence[Run], ignore: Sequence[str] = ()) -> list[str]:
       for q, g in zip(runs, flat, strict=True)
       if (q["name"], q["preset"]) == (r["name"], r["preset"])
     ]
-    keys = sorted({k for g in same for k in g} - set(ignore))
+    keys = sorted(k for k in {k for g in same for k in g} if _counts(k, ignore))
     differ = [k for k in keys if len({g.get(k) for g in same}) > 1]
     shown = " ".join(f"{k}={json.loads(f[k]) if k in f else '—'}" for k in differ)
     labels.append(f"{r['name']}:{r['preset']}" + (f" {shown}" if shown else ""))
@@ -87,10 +99,11 @@ def label_runs(runs: Sequence[Run], ignore: Sequence[str] = ()) -> list[str]:
 
 
 def over_seeds(runs: Sequence[Run]) -> list[Run]:
-  """Runs folded by config without `seed`: results lists of their values, in seed order."""
+  """Runs folded by their configs' `_counts` keys but `seed`; members in seed order."""
   groups: dict[str, list[Run]] = {}
   for r in runs:
-    key = json.dumps({k: v for k, v in r["config"].items() if k != "seed"}, sort_keys=True)
+    flat = _flat(r["config"])
+    key = json.dumps({k: v for k, v in flat.items() if _counts(k, ("seed",))}, sort_keys=True)
     groups.setdefault(key, []).append(r)
   folded = []
   for group in groups.values():
