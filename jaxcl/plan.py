@@ -101,15 +101,22 @@ def compile_step(step, args, rows_per_device: int, microbatches: int) -> StepMem
   return step_memory(compiled, rows_per_device, microbatches)
 
 
-def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
+def largest_fitting(fits: Callable[[int], bool], limit: int, start: int = 1) -> int:
   """The largest n in [1, limit] with `fits(n)` for a monotone `fits` (0 if 1 does not fit):
-  doubling from 1, then bisection; about 2 log2(n) calls."""
-  if not fits(1):
-    return 0
-  lo, n = 1, 2
-  while n <= limit and fits(n):
+  doubling up from `start` while it fits (halving down while it does not), then bisection;
+  a start near the answer (the configured batch) skips the doublings below it."""
+  lo, hi = 0, limit + 1  # lo fits (0: none known), hi does not (limit + 1: past the limit)
+  n = max(1, min(start, limit))
+  if fits(n):
     lo, n = n, 2 * n
-  hi = min(n, limit + 1)  # the first known misfit (or past the limit)
+    while n <= limit and fits(n):
+      lo, n = n, 2 * n
+    hi = min(n, limit + 1)
+  else:
+    hi, n = n, n // 2
+    while n >= 1 and not fits(n):
+      hi, n = n, n // 2
+    lo = n
   while hi - lo > 1:
     mid = (lo + hi) // 2
     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
@@ -342,7 +349,8 @@ def main(argv) -> None:
     print(f"  train at {per_device} rows per device: {shown}, fits={ok}", flush=True)
     return ok
 
-  print(format_largest(planner, largest_fitting(fits, _MAX.value)))
+  start = planner.train_rows // planner.batch_devices // max(1, train.microbatches)
+  print(format_largest(planner, largest_fitting(fits, _MAX.value, start)))
 
 
 def _define_flags() -> None:

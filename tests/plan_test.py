@@ -25,6 +25,15 @@ def test_largest_fitting_doubles_then_bisects():
   assert plan.largest_fitting(fits(0), 256) == 0
   assert plan.largest_fitting(fits(1000), 100) == 100  # the limit
   assert plan.largest_fitting(fits(64), 256) == 64
+  for start in (1, 3, 16, 37, 38, 100, 256, 400):  # from the configured batch, up or down
+    for answer in (0, 1, 20, 37, 64, 255, 256):
+      assert plan.largest_fitting(fits(answer), 256, start) == answer, (start, answer)
+  calls.clear()
+  plan.largest_fitting(fits(37), 256)
+  from_one = len(calls)
+  calls.clear()
+  plan.largest_fitting(fits(37), 256, start=32)
+  assert len(calls) < from_one - 3  # starting near the answer skips the doublings below it
 
 
 def test_per_device_microbatch_divides_the_global_batch():
