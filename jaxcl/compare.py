@@ -10,7 +10,9 @@ Arguments may be globs (`'runs/*-fmnist'`); a directory without results.json is 
 skipped. Runs of the same config and preset that differ in other settings are labelled with those
 settings (`cpt:default replay.fraction=0.25`). `--over_seeds` folds runs whose configs differ only
 in `seed` into one row of mean ± standard deviation (n = the number of seeds): the form of a
-published table (Ibrahim et al. 2024 report their CPT rows so).
+published table (Ibrahim et al. 2024 report their CPT rows so). `--baseline=GLOB` adds each run's
+difference to the baseline run of the same seed (e.g. the union-trained model): paired by seed, it
+separates recipes whose seed-to-seed spread is larger than their gap.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from matplotlib.ticker import MaxNLocator
 from jaxcl import config_lib, writers
 
 _OUT = flags.DEFINE_string("out", ".", "Directory for compare.csv and compare.png.")
+_BASELINE = flags.DEFINE_string(
+  "baseline",
+  "",
+  "Workdirs (a glob) of the reference runs: adds each run's paired difference to the baseline "
+  "run of the same seed (final_avg_loss, or A_last).",
+)
 _OVER_SEEDS = flags.DEFINE_bool(
   "over_seeds", False, "One row per config: mean ± std over runs that differ only in seed."
 )
@@ -116,7 +124,8 @@ def expand(patterns: Sequence[str]) -> list[str]:
   """Workdir arguments with globs expanded (remote paths are taken as they are), in order."""
   out = []
   for p in patterns:
-    matches = [p] if writers.is_remote(p) else sorted(glob.glob(p)) or [p]
+    # A glob names the workdirs it matches (not the log files beside them).
+    matches = [p] if writers.is_remote(p) else sorted(filter(os.path.isdir, glob.glob(p))) or [p]
     out.extend(m for m in matches if m not in out)
   return out
 
@@ -158,13 +167,27 @@ def _wall_minutes(results: dict):
   return None if wall is None else wall / 60
 
 
+def headline(run: Run) -> float | None:
+  """The number a run is ranked by: final average loss (CPT) or A_last (CIL)."""
+  return run["results"].get("final_avg_loss" if run["kind"] == "cpt" else "A_last")
+
+
+def pair_with(runs: Sequence[Run], baseline: Sequence[Run]) -> None:
+  """Sets results["vs_baseline"] of each run: its headline minus the same-seed baseline's."""
+  by_seed = {b["config"].get("seed"): headline(b) for b in baseline}
+  for r in runs:
+    base, own = by_seed.get(r["config"].get("seed")), headline(r)
+    r["results"]["vs_baseline"] = None if base is None or own is None else own - base
+
+
 def table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
   """(header, rows) for `runs`; CIL and CPT columns side by side, blank where they do not apply."""
   max_domains = max([len(r["results"].get("domains", [])) for r in runs] + [0])
   header = ["run", "method", *CIL_COLUMNS]
   if max_domains:
     header += ["final_avg_loss", *[f"forgetting_d{d}" for d in range(max_domains - 1)]]
-  header += ["wall_min", "train_compiles"]
+  paired = any("vs_baseline" in m["results"] for r in runs for m in r.get("members", [r]))
+  header += ["vs_baseline"] * paired + ["wall_min", "train_compiles"]
   rows = []
   labels = label_runs(runs, ignore=("seed",) if any("members" in r for r in runs) else ())
   for r, label in zip(runs, labels, strict=True):
@@ -177,6 +200,8 @@ def table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
         _fmt(_value(r, lambda x, d=d: _at(x.get("forgetting"), d)), 4) if cpt else "—"
         for d in range(max_domains - 1)
       ]
+    if paired:
+      row += [_fmt(_value(r, lambda x: x.get("vs_baseline")), 4 if cpt else 2)]
     row += [_fmt(_value(r, _wall_minutes), 1), _fmt(_value(r, lambda x: x.get("train_compiles")))]
     rows.append(row)
   return header, rows
@@ -218,18 +243,26 @@ def plot(runs: Sequence[Run], path: str) -> None:
   writers.save_figure(fig, path)
 
 
-def compare(workdirs: Sequence[str], out: str, fold_seeds: bool = False) -> str:
-  """Reads `workdirs`, writes `out`/compare.csv and `out`/compare.png, returns the table."""
+def read_runs(workdirs: Sequence[str]) -> tuple[list[Run], list[str]]:
+  """(the runs, the workdirs without results.json) of `workdirs` and their globs."""
   runs, missing = [], []
   for w in expand(workdirs):
     try:
       runs.append(read_run(w))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
       missing.append(w)
   if not runs:
     raise FileNotFoundError(
       f"no results.json in {', '.join(workdirs)}: pass the --workdir of finished runs"
     )
+  return runs, missing
+
+
+def compare(workdirs: Sequence[str], out: str, fold_seeds: bool = False, baseline: str = "") -> str:
+  """Reads `workdirs`, writes `out`/compare.csv and `out`/compare.png, returns the table."""
+  runs, missing = read_runs(workdirs)
+  if baseline:
+    pair_with(runs, read_runs([baseline])[0])
   header, rows = table(over_seeds(runs) if fold_seeds else runs)
   epath.Path(out).mkdir(parents=True, exist_ok=True)
   writers.write_text(os.path.join(out, "compare.csv"), csv(header, rows))
@@ -244,7 +277,7 @@ def main(argv) -> None:
   if len(argv) < 2:
     raise app.UsageError("usage: python -m jaxcl.compare WORKDIR [WORKDIR ...] [--out=DIR]")
   try:
-    print(compare(argv[1:], _OUT.value, fold_seeds=_OVER_SEEDS.value))
+    print(compare(argv[1:], _OUT.value, _OVER_SEEDS.value, _BASELINE.value))
   except FileNotFoundError as e:
     raise SystemExit(f"jaxcl.compare: {e}") from None
   print(f"\nwrote {os.path.join(_OUT.value, 'compare.csv')} and compare.png")

@@ -78,7 +78,8 @@ def test_globs_expand_and_unfinished_runs_are_named(tmp_path):
   _workdir(tmp_path, "l2p", "fmnist", _cil([80.0, 48.7], 47.1))
   _workdir(tmp_path, "ease", "fmnist", _cil([85.0, 65.8], 16.1))
   (tmp_path / "slca-fmnist").mkdir()  # still running: no results.json
-  text = compare.compare([str(tmp_path / "*-fmnist")], str(tmp_path))
+  (tmp_path / "ease-fmnist.log").write_text("a run's console, beside its workdir\n")
+  text = compare.compare([str(tmp_path / "*-fmnist*")], str(tmp_path))  # matches the .log too
   assert sum(line.startswith("|") for line in text.splitlines()) == 4  # header, rule, 2 runs
   assert "skipped (no results.json yet)" in text and "slca-fmnist" in text
 
@@ -124,3 +125,9 @@ def test_runs_of_one_config_are_told_apart_and_folded_over_seeds(tmp_path):
   assert rows[0].startswith("| cpt:default replay.fraction=0.0 | lm |")
   assert "| 3.2000 ± 0.2000 (3) | 0.2000 ± 0.1000 (3) | 0.5 ± 0.0 (3) | 1 |" in rows[0]
   assert "| 2.6000 ± 0.1732 (3) |" in rows[1]
+  # Paired by seed against the replay-free runs: the gap is clear though the spreads overlap.
+  base = str(tmp_path / "r0.0-s*")
+  paired = compare.compare([str(d) for d in dirs], str(tmp_path / "p"), True, base).splitlines()
+  assert paired[0].endswith("| vs_baseline | wall_min | train_compiles |")
+  assert "| 0.0000 ± 0.0000 (3) | 0.5 ± 0.0 (3) |" in paired[2]
+  assert "| -0.6000 ± 0.1000 (3) | 0.5 ± 0.0 (3) |" in paired[3]
