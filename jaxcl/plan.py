@@ -39,7 +39,7 @@ from jaxcl.engine import microbatch
 from jaxcl.engine import step as step_lib
 from jaxcl.lm import models, replay
 from jaxcl.lm import run as lm_run
-from jaxcl.models import bert, gpt
+from jaxcl.models import bert, gpt, target
 
 # HBM per JAX device (a chip; a TensorCore on v2/v3), GiB, by `device_kind`.
 HBM_GIB = {
@@ -335,6 +335,12 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   topology = _TOPOLOGY.value
   devices = topology_devices(topology) if topology else jax.devices()
+  # "auto" dtype and attention, and Pallas kernels, for the planned chips, not this host.
+  with target.compiling_for(devices[0].platform):
+    _plan(topology, devices)
+
+
+def _plan(topology: str, devices: list) -> None:
   hbm = _HBM.value * GIB or HBM_GIB.get(devices[0].device_kind, 16) * GIB
   planner = Planner(_CONFIG.value, devices)
   train, evaluate = planner.compile()

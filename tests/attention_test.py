@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcl.models import attention_kernels, bert, gpt, layers, vit
+from jaxcl.models import attention_kernels, bert, gpt, layers, target, vit
 
 FUSED = ["jax", "splash"]
 
@@ -197,3 +197,15 @@ def test_lm_config_carries_the_attention_choice():
   config.model.attention = "splash"
   assert models.shape(config, 256).attention == "splash"
   assert models.build(config, 256, nnx.Rngs(0)).blocks.attn.implementation == "splash"
+
+
+def test_auto_choices_follow_the_planned_platform_not_the_host():
+  q = jnp.zeros((1, 256, 2, 8))  # [B, T, H, Dh], T a multiple of the splash tile
+  assert attention_kernels.resolve("auto", q, q, None) == "xla"  # on this CPU host
+  assert layers.compute_dtype("auto") == "float32"
+  with target.compiling_for("tpu"):  # what jaxcl.plan does for a TPU topology
+    assert attention_kernels.resolve("auto", q, q, None) == "splash"
+    assert layers.compute_dtype("auto") == "bfloat16"
+  with target.compiling_for("gpu"):
+    assert attention_kernels.resolve("auto", q.astype(jnp.bfloat16), q, None) == "cudnn"
+  assert target.platform() == "cpu"

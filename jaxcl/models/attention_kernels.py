@@ -22,6 +22,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxcl.models import target
+
 IMPLEMENTATIONS = ("xla", "jax", "cudnn", "splash", "auto")
 SPLASH_BLOCK = 128  # MaxText's default splash tile (BlockSizes.get_default)
 
@@ -32,7 +34,7 @@ def resolve(implementation: str, q, k, mask) -> str:
     raise ValueError(f"attention implementation {implementation!r}: use one of {IMPLEMENTATIONS}")
   if implementation != "auto":
     return implementation
-  backend = jax.default_backend()
+  backend = target.platform()
   t, s = q.shape[1], k.shape[1]
   if backend == "tpu" and t % SPLASH_BLOCK == 0 and s % SPLASH_BLOCK == 0:
     if mask is None or is_key_padding(mask):
@@ -91,9 +93,7 @@ def splash(q, k, v, mask, *, causal: bool, scale: float):
     splash_attention_kernel as sk,
   )
 
-  kernel = _splash_kernel(
-    t, s, h // kv, causal, mha=kv == h, interpret=jax.default_backend() != "tpu"
-  )
+  kernel = _splash_kernel(t, s, h // kv, causal, mha=kv == h, interpret=target.platform() != "tpu")
   keys = jnp.ones((b, s), jnp.int32)
   if mask is not None:  # padding keys get segment 0, every query segment 1
     keys = jnp.broadcast_to(mask, (b, 1, s))[:, 0].astype(jnp.int32)  # [B, S]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcl.models import attention_kernels
+from jaxcl.models import attention_kernels, target
 
 xavier_uniform = nnx.initializers.xavier_uniform()
 
@@ -40,7 +40,7 @@ def compute_dtype(name: str) -> str:
   float32 on CPU (the fidelity tests compare CPU runs with float64 references)."""
   if name != "auto":
     return name
-  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return "float32" if target.platform() == "cpu" else "bfloat16"
 
 
 class HeadDense(nnx.Module):
