@@ -116,7 +116,7 @@ def pile_slimpajama_405m(c):
   c.model.dtype = "bfloat16"
   c.model.remat = "full"
   # Pallas splash attention on TPU (the einsum elsewhere): at 8 sequences per v5e chip the train
-  # step holds 3.88 GiB instead of the einsum's 5.97 (MaxText at this shape: flash 4.45, einsum
+  # step holds 3.85 GiB instead of the einsum's 5.97 (MaxText at this shape: flash 4.45, einsum
   # 5.63; tpu/README.md has the commands).
   c.model.attention = "auto"
   # 1104 = 23 x 48: on 16 chips 3 sequences per chip in each of 23 accumulated microbatches.

@@ -162,7 +162,10 @@ class Planner:
       box.update(parts)
       return parts.pop("state")
 
-    self.state = jax.eval_shape(build)
+    # "auto" dtype and attention, and Pallas kernels, for the planned chips, not this host.
+    self.platform = devices[0].platform
+    with target.compiling_for(self.platform):
+      self.state = jax.eval_shape(build)
     self.parts = box
 
   def _build_learner(self) -> dict:
@@ -191,7 +194,8 @@ class Planner:
     train = self._memory.get(("train", rows))
     evals = self._memory.get(("eval", rows)) if evaluate else None
     if train is None or (evaluate and evals is None):
-      train, evals = self._compile(rows, evaluate)
+      with target.compiling_for(self.platform):
+        train, evals = self._compile(rows, evaluate)
       self._memory[("train", rows)] = train
       if evaluate:
         self._memory[("eval", rows)] = evals
@@ -335,12 +339,6 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   topology = _TOPOLOGY.value
   devices = topology_devices(topology) if topology else jax.devices()
-  # "auto" dtype and attention, and Pallas kernels, for the planned chips, not this host.
-  with target.compiling_for(devices[0].platform):
-    _plan(topology, devices)
-
-
-def _plan(topology: str, devices: list) -> None:
   hbm = _HBM.value * GIB or HBM_GIB.get(devices[0].device_kind, 16) * GIB
   planner = Planner(_CONFIG.value, devices)
   train, evaluate = planner.compile()
