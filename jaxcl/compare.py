@@ -189,7 +189,7 @@ def table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
   paired = any("vs_baseline" in m["results"] for r in runs for m in r.get("members", [r]))
   header += ["vs_baseline"] * paired + ["wall_min", "train_compiles"]
   rows = []
-  labels = label_runs(runs, ignore=("seed",) if any("members" in r for r in runs) else ())
+  labels = label_runs(runs, ignore=_folded(runs))
   for r, label in zip(runs, labels, strict=True):
     cpt = r["kind"] == "cpt"
     row = [label, str(r["method"])]
@@ -219,15 +219,19 @@ def csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def plot(runs: Sequence[Run], path: str) -> None:
-  """One PNG: CIL runs' accuracy after each task (left), CPT runs' per-domain loss (right)."""
+  """One PNG: CIL runs' accuracy after each task (left), CPT runs' per-domain loss (right; a
+  colour per run, a line style per domain). A run folded over seeds draws its first seed."""
+  labels = dict(zip(map(id, runs), label_runs(runs, ignore=_folded(runs)), strict=True))
   cil = [r for r in runs if r["kind"] == "cil" and r["results"].get("A_curve")]
   cpt = [r for r in runs if r["kind"] == "cpt" and r["results"].get("curve")]
   panels = [p for p in (cil, cpt) if p] or [[]]
-  fig = Figure(figsize=(6.5 * len(panels), 4.2), layout="constrained")
+  fig = Figure(figsize=(6.5 * len(panels) + 3, 4.5), layout="constrained")
   FigureCanvasAgg(fig)
   for ax, group in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-    for r in group:
-      res, label = r["results"], f"{r['name']}:{r['preset']}"
+    for i, r in enumerate(group):
+      res, label = r["results"], labels[id(r)]
+      if "members" in r:
+        label += f" (seed {r['config'].get('seed')})"
       if r["kind"] == "cil":
         ax.plot(range(1, len(res["A_curve"]) + 1), res["A_curve"], marker="o", label=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -235,12 +239,22 @@ def plot(runs: Sequence[Run], path: str) -> None:
         ax.set_ylabel("accuracy on seen classes (%)")
         ax.set_title("class-incremental: accuracy after each task")
       else:
-        writers.draw_loss_curves(ax, res["curve"], res.get("domains", []), f"{label} ")
+        writers.draw_loss_curves(ax, res["curve"], res.get("domains", []), label, f"C{i % 10}")
         ax.set_title("continual pretraining: validation loss per domain")
     ax.grid(alpha=0.3)
     if group:
-      ax.legend(fontsize=7)
+      ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if group is cpt:  # which line style is which domain
+      domains = max((r["results"].get("domains", []) for r in cpt), key=len)
+      styles = writers.DOMAIN_LINESTYLES
+      for d, name in enumerate(domains):
+        ax.plot([], [], color="grey", linestyle=styles[d % len(styles)], label=f"domain: {name}")
+      ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   writers.save_figure(fig, path)
+
+
+def _folded(runs: Sequence[Run]) -> tuple[str, ...]:
+  return ("seed",) if any("members" in r for r in runs) else ()
 
 
 def read_runs(workdirs: Sequence[str]) -> tuple[list[Run], list[str]]:
@@ -263,10 +277,11 @@ def compare(workdirs: Sequence[str], out: str, fold_seeds: bool = False, baselin
   runs, missing = read_runs(workdirs)
   if baseline:
     pair_with(runs, read_runs([baseline])[0])
-  header, rows = table(over_seeds(runs) if fold_seeds else runs)
+  shown = over_seeds(runs) if fold_seeds else runs
+  header, rows = table(shown)
   epath.Path(out).mkdir(parents=True, exist_ok=True)
   writers.write_text(os.path.join(out, "compare.csv"), csv(header, rows))
-  plot(runs, os.path.join(out, "compare.png"))
+  plot(shown, os.path.join(out, "compare.png"))
   text = markdown(header, rows)
   if missing:
     text += "\n\nskipped (no results.json yet): " + ", ".join(missing)

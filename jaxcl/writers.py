@@ -233,7 +233,12 @@ def domain_losses(val_loss, domains: Sequence[str]) -> list[float]:
   return [float(v) for v in val_loss]
 
 
-def draw_loss_curves(ax, curve: Sequence[Mapping], domains: Sequence[str], label: str = "") -> None:
+DOMAIN_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def draw_loss_curves(
+  ax, curve: Sequence[Mapping], domains: Sequence[str], label: str = "", color=None
+) -> None:
   """Validation loss on every domain against tokens seen, on `ax` (one line per domain).
 
   Args:
@@ -244,17 +249,24 @@ def draw_loss_curves(ax, curve: Sequence[Mapping], domains: Sequence[str], label
       switches between domains are drawn as dotted lines.
     domains: names of the domains, in training order.
     label: prefix of each line's legend label (the run's name when several runs share `ax`).
+    color: one run among several: all its lines in this colour, a line style per domain
+      (`DOMAIN_LINESTYLES`), and one legend entry, `label`.
   """
   x_key = "tokens" if all("tokens" in e for e in curve) else "step"
   x = np.array([float(e[x_key]) for e in curve])  # [N]
   losses = np.array([domain_losses(e["val_loss"], domains) for e in curve])  # [N, D]
   for d, domain in enumerate(domains):
-    if len(x):
+    if not len(x):
+      continue
+    if color is None:
       ax.plot(x, losses[:, d], marker=".", label=f"{label}{domain}")
+    else:
+      style = DOMAIN_LINESTYLES[d % len(DOMAIN_LINESTYLES)]
+      ax.plot(x, losses[:, d], color=color, linestyle=style, label=None if d else label)
   trained = [e.get("domain") for e in curve]
-  for k in range(1, len(curve)):
+  for k in range(1, len(curve)):  # a domain's last evaluation is at its last step
     if trained[k] is not None and trained[k - 1] is not None and trained[k] != trained[k - 1]:
-      ax.axvline((x[k - 1] + x[k]) / 2, color="grey", linestyle=":", linewidth=1)
+      ax.axvline(x[k - 1], color="grey", linestyle=":", linewidth=1)
   ax.set_xlabel("tokens seen" if x_key == "tokens" else "step")
   ax.set_ylabel("validation loss")
   ax.grid(alpha=0.3)
