@@ -84,7 +84,7 @@ def test_interface_and_loss_gradients(name):
     model = nnx.merge(learner.graphdef, params, state.frozen)
     return method.loss(model, state.extra, batch, _ctx())
 
-  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params)
   assert np.isfinite(float(loss))
   assert jax.tree.structure(grads) == jax.tree.structure(state.params)
   assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads)), "no gradient reaches params"
