@@ -58,6 +58,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.ligo_steps = 100  # LiGO: steps to train the growth operator (Wang et al. 2023: 100)
   c.ligo_optimizer = "sgd"  # LiGO: sgd (Wang et al. 2023 §4.1) | adam
   c.ligo_lr = 1e-2  # LiGO: learning rate of the operator
+  # bert2BERT's two-stage training (jaxcl/lm/two_stage.py): > 0 trains sampled bottom-layer
+  # sub-models for this many steps after every event (stage 1), then the whole model.
+  c.two_stage_steps = 0
+  c.two_stage_lb = 3  # stage 1: each sub-model's top l_b layers train (Chen et al. 2022: 3)
   return c
 
 
