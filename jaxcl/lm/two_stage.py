@@ -64,12 +64,17 @@ class TwoStage:
 
   def depth(self, step, num_layers: int) -> jax.Array:
     """`depth_at` traced: int32 [], `num_layers` outside stage 1."""
-    out = jnp.int32(num_layers)
+    return self._depth_in_stage_one(step, num_layers)[0]
+
+  def _depth_in_stage_one(self, step, num_layers: int) -> tuple[jax.Array, jax.Array]:
+    """(depth int32 [], whether `step` is in a stage 1 bool [])."""
+    depth, inside = jnp.int32(num_layers), jnp.bool_(False)
     for start, table in zip(self.starts, self.tables, strict=True):
       i = step - start
-      inside = (i >= 0) & (i < self.steps)
-      out = jnp.where(inside, jnp.asarray(table)[jnp.clip(i, 0, self.steps - 1)], out)
-    return out
+      here = (i >= 0) & (i < self.steps)
+      depth = jnp.where(here, jnp.asarray(table)[jnp.clip(i, 0, self.steps - 1)], depth)
+      inside = inside | here
+    return depth, inside
 
   def loss(self, loss_fn: Callable) -> Callable:
     """An objective's `loss(model, extra, batch, ctx, depth)` on the step's sub-model."""
@@ -86,9 +91,9 @@ class TwoStage:
     in the sub-model's top l_b layers, everything else always."""
 
     def mask(params, ctx):
-      k = self.depth(ctx.step, num_layers)
+      k, stage_one = self._depth_in_stage_one(ctx.step, num_layers)
       layer = jnp.arange(num_layers)
-      top = (layer >= k - self.lb) & (layer < k)  # [L]
+      top = ((layer >= k - self.lb) & (layer < k)) | ~stage_one  # [L]; stage 2: all
 
       def leaf_mask(path, x):
         keys = [getattr(p, "key", None) for p in path]
