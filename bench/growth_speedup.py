@@ -2,16 +2,18 @@
 
   python bench/growth_speedup.py [--seeds=0,1,2] [--steps_per_domain=200] [--eval_every=10]
       [--valid_sequences=512] [--runs=g_stack,msg,bert2bert,aki,ligo] [--reuse]
+      (bert2bert_one_stage: bert2BERT without its two-stage training)
 
 Runs the default presets of configs/growth_stack.py (G_stack, g = 4: 2 x 128 -> 8 x 128, the
 prts recipe), configs/growth_msg.py (one dimension per event, lr rewinds),
-configs/growth_bert2bert.py (FPI, and `aki` with its operator swapped in) and
+configs/growth_bert2bert.py (FPI with the paper's two-stage training, `bert2bert_one_stage`
+without it, and `aki` with its operator swapped in) and
 configs/growth_ligo.py (2 x 64 -> 4 x 128), each with every seed of `--seeds`, and the large
 models trained from scratch on the same stream, schedule and optimizer (`scratch_deep`
 8 x 128 from the G_stack config, `scratch` 4 x 128 from the MSG config, whose optimizer the
 bert2BERT and LiGO configs share). A shorter `--steps_per_domain` scales the events' steps
-(and MSG's ramps) with it. Validation: `--valid_sequences` windows per domain, every
-`--eval_every` steps; a run's loss is the mean over the domains.
+(and MSG's ramps, bert2BERT's stage 1) with it. Validation: `--valid_sequences` windows per
+domain, every `--eval_every` steps; a run's loss is the mean over the domains.
 
 Target (robust): the scratch run's loss averaged over its last 10 % of evaluations and over
 seeds. A curve reaches it where its trailing mean over `--smooth` evaluations first gets there
@@ -48,6 +50,7 @@ RUNS = {
   "g_stack": ("growth_stack", {}, "scratch_deep"),
   "msg": ("growth_msg", {}, "scratch"),
   "bert2bert": ("growth_bert2bert", {}, "scratch"),
+  "bert2bert_one_stage": ("growth_bert2bert", {"growth.two_stage_steps": 0}, "scratch"),
   "aki": ("growth_bert2bert", {"operator": "aki"}, "scratch"),
   "ligo": ("growth_ligo", {}, "scratch"),
 }
@@ -79,6 +82,8 @@ def load(name: str, steps: int, eval_every: int, valid: int, seed: int):
     events.append(e)
   config.growth.events = events
   config.growth.ramp_steps = max(1, round(config.growth.ramp_steps * scale))
+  if config.growth.two_stage_steps:
+    config.growth.two_stage_steps = max(1, round(config.growth.two_stage_steps * scale))
   return config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,8 @@ import pytest
 from helpers import ROOT, cpu_env, load_config, main_command, run_tasks, shared_run
 
 from jaxcl import checkpoint
+from jaxcl.data import text
+from jaxcl.lm import growth_events, models, two_stage
 
 CONFIGS = ("growth_stack", "growth_msg", "growth_bert2bert", "growth_ligo")
 EXACT = {"growth_msg", "growth_bert2bert"}  # the smoke events are function preserving
@@ -48,6 +51,8 @@ def test_growth_config_smoke_run(name, tmp_path):
   per_step = [p["flops"] / (p["steps"][1] - p["steps"][0]) for p in phases]
   assert all(b > a for a, b in zip(per_step, per_step[1:], strict=False))
   assert np.isfinite(results["loss_matrix"]).all()
+  if config.growth.two_stage_steps:  # bert2BERT's stage 1 counts its sub-models' FLOPs
+    assert results["flops_seen"] == pytest.approx(_flops_with_sub_models(config, results))
   written = json.loads((tmp_path / "results.json").read_text())
   assert written["growth_events"] == results["growth_events"]
   # The smoke run exercises what the default preset runs: its operators and optimizer rules.
@@ -55,6 +60,27 @@ def test_growth_config_smoke_run(name, tmp_path):
   assert {e["operator"] for e in default.growth.events} == {e["operator"] for e in events}
   assert default.growth.opt_state == config.growth.opt_state
   assert default.growth.lr_after == config.growth.lr_after
+
+
+def _flops_with_sub_models(config, results) -> float:
+  """The run's FLOPs recounted step by step: each step's model shape, or in a stage 1 its
+  sampled sub-model (jaxcl/lm/two_stage.py), which must be shallower at some step."""
+  vocab = text.make_tokenizer(config.data.tokenizer).vocab_size
+  plan = growth_events.GrowthPlan(config, models.shape(config, vocab), None, None, 2)
+  steps = [int(e["step"]) for e in plan.events]
+  sub_models = two_stage.from_config(config, steps, [c.num_layers for c in plan.cfgs[1:]])
+  total = config.train.steps_per_domain * len(results["domains"])
+  tokens_per_step = results["tokens_seen"] / total
+  flops, shallower = 0.0, False
+  for t in range(total):
+    cfg = plan.cfgs[sum(s <= t for s in steps)]
+    depth = sub_models.depth_at(t)
+    if depth is not None:
+      shallower |= depth < cfg.num_layers
+      cfg = dataclasses.replace(cfg, num_layers=depth)
+    flops += tokens_per_step * models.flops_per_token(cfg, config.data.seq_len)
+  assert shallower
+  return flops
 
 
 def _ckpt_steps(workdir) -> dict[int, int]:
@@ -95,3 +121,23 @@ def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_thro
   assert resumed["curve"][-1]["flops"] == pytest.approx(straight["curve"][-1]["flops"])
   # Resuming before the event compiles the small and the grown step; after it, only the grown.
   assert resumed["train_compiles"] == (2 if keep_through_step < 3 else 1)
+
+
+def test_resume_inside_stage_one_trains_the_same_sub_models(tmp_path):
+  """bert2BERT's smoke run (event at step 3, stage 1 on steps 3-5, sub-model depths 2, 2, 1)
+  killed after step 4 and resumed: the depths are a function of the checkpointed step, so the
+  resumed run is the straight run, bit for bit."""
+  overrides = {"checkpoint.every_steps": 1, "checkpoint.keep": 100}
+  straight, straight_dir = shared_run("growth_bert2bert", **overrides)
+  shutil.copytree(straight_dir, tmp_path / "b")
+  for name in ("results.json", "made_once.json"):
+    os.remove(tmp_path / "b" / name)
+  for i, step in _ckpt_steps(tmp_path / "b").items():
+    if step > 4:
+      shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i))
+  resumed = run_tasks(load_config("growth_bert2bert", "smoke", **overrides), tmp_path / "b")
+  resumed = json.loads(json.dumps(resumed))  # as the shared straight run was stored
+  assert [p["step"] for p in resumed["curve"]] == [p["step"] for p in straight["curve"]]
+  assert resumed["curve"] == straight["curve"]  # losses and FLOPs at every evaluation
+  assert resumed["loss_matrix"] == straight["loss_matrix"]
+  assert resumed["train_compiles"] == 1  # the grown shape only, for both stages

@@ -28,7 +28,7 @@ _AUGMENT_STREAM = 0x41554721  # folded into the step key: augmentation draws its
 
 
 def _ctx(state: LearnerState, rng: jax.Array) -> Ctx:
-  return Ctx(state.task, state.seen, state.current, rng)
+  return Ctx(state.task, state.seen, state.current, rng, state.step)
 
 
 def _on_mesh(batch_sharding):
@@ -59,6 +59,7 @@ def make_train_step(
   clip_all: float = 0.0,
   microbatches: int = 1,
   augment: Callable | None = None,
+  update_mask: Callable | None = None,
 ) -> Callable:
   """`train_step(state, batch) -> (state, metrics)`; metrics stay on device.
 
@@ -76,6 +77,11 @@ def make_train_step(
   parameters, frozen ones included, as google-research/l2p does (its frozen backbone gets
   gradients that only an lr of 0 keeps from being applied); this costs the backbone's weight
   gradients. The optimizer must then not clip again.
+
+  `update_mask(params, ctx) -> bool pytree` (one leaf per parameter leaf, broadcastable to it),
+  if given, applies the step only where True: elsewhere the parameters and their optimizer
+  moments keep their values, as a PyTorch parameter without a gradient does (a freeze that
+  changes per step without a recompilation: bert2BERT's stage 1, jaxcl/lm/two_stage.py).
   """
 
   def train_step(state: LearnerState, batch: dict):
@@ -107,9 +113,10 @@ def make_train_step(
       grads = jax.tree.map(lambda g: g * factor, grads)
     extra = aux.pop("extra", state.extra)
     updates, opt = tx.update(grads, state.opt, state.params)
-    new = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates), opt=opt, extra=extra
-    )
+    params = optax.apply_updates(state.params, updates)
+    if update_mask is not None:
+      params, opt = _only_where(update_mask(state.params, ctx), params, opt, state)
+    new = state.replace(step=state.step + 1, params=params, opt=opt, extra=extra)
     update_norm = optax.tree.norm(updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(update_norm)
     if skip_nonfinite:  # keep the old state, but still count the step
@@ -123,6 +130,22 @@ def make_train_step(
     in_shardings=(state_sharding, batch_sharding),
     out_shardings=(state_sharding, None),
   )
+
+
+def _only_where(mask, params, opt, old: LearnerState):
+  """(params, opt) where `mask` holds, the old values elsewhere: every subtree of the optimizer
+  state shaped like the parameters (Adam's mu and nu, a momentum trace) is masked; counts are
+  not."""
+  select = lambda new, before: jax.tree.map(jnp.where, mask, new, before)
+  shape = jax.tree.structure(old.params)
+  like_params = lambda x: jax.tree.structure(x) == shape
+  opt = jax.tree.map(
+    lambda new, before: select(new, before) if like_params(new) else new,
+    opt,
+    old.opt,
+    is_leaf=like_params,
+  )
+  return select(params, old.params), opt
 
 
 def make_eval_step(

@@ -14,7 +14,8 @@ At an event the `GrowthPlan` builds the large model, maps the parameters with th
 the largest logit change on a fixed validation batch; the stage loop then jits the steps again
 for the new shape, the only recompilation. How many events a state has seen is its run's
 `progress.growth_events`; the plan itself never changes. MSG's masks ramp 0 -> 1 over the
-event's `ramp_steps` (default `growth.ramp_steps`).
+event's `ramp_steps` (default `growth.ramp_steps`). With `growth.two_stage_steps` > 0 every
+event is followed by bert2BERT's stage 1 of sub-model training (jaxcl/lm/two_stage.py).
 
 The learning rate across events (`growth.lr_after`, see `lr_schedule`):
   carry    the run's global schedule goes on (times a linear re-warmup over
@@ -58,6 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.ligo_steps = 100  # LiGO: steps to train the growth operator (Wang et al. 2023: 100)
   c.ligo_optimizer = "sgd"  # LiGO: sgd (Wang et al. 2023 §4.1) | adam
   c.ligo_lr = 1e-2  # LiGO: learning rate of the operator
+  # bert2BERT's two-stage training (jaxcl/lm/two_stage.py): > 0 trains sampled bottom-layer
+  # sub-models for this many steps after every event (stage 1), then the whole model.
+  c.two_stage_steps = 0
+  c.two_stage_lb = 3  # stage 1: each sub-model's top l_b layers train (Chen et al. 2022: 3)
   return c
 
 

@@ -27,7 +27,7 @@ from jaxcl.lm import chunked_loss
 
 
 class Objective(NamedTuple):
-  loss: Callable  # (model, extra, batch, ctx) -> (loss [], aux dict), for the train step
+  loss: Callable  # (model, extra, batch, ctx, depth=None) -> (loss [], aux dict): train step
   loss_sums: Callable  # (model, batch) -> {"loss_sum": [], "tokens": []}
 
 
@@ -38,23 +38,23 @@ def _row_mask(batch: dict, shape: tuple[int, ...]) -> jax.Array:
   return ones if rows is None else ones * rows[:, None].astype(jnp.float32)
 
 
-def lm_token_losses(model, batch: dict, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+def lm_token_losses(model, batch: dict, chunk: int = 0, depth=None) -> tuple[jax.Array, jax.Array]:
   """Per-token cross-entropy [B, T] and weights [B, T] for next-token prediction."""
   tokens = batch["tokens"]  # [B, T+1]
   targets = tokens[:, 1:]  # [B, T]
   if chunk:
-    hidden = model.hidden(tokens[:, :-1])  # [B, T, D]
+    hidden = model.hidden(tokens[:, :-1], depth)  # [B, T, D]
     losses = chunked_loss.token_losses(hidden, model.unembedding(), targets, chunk)
     return losses, _row_mask(batch, targets.shape)
-  logits = model(tokens[:, :-1])  # [B, T, V]
+  logits = model(tokens[:, :-1], depth)  # [B, T, V]
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   return losses, _row_mask(batch, targets.shape)
 
 
-def mlm_token_losses(model, batch: dict, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+def mlm_token_losses(model, batch: dict, chunk: int = 0, depth=None) -> tuple[jax.Array, jax.Array]:
   """Per-token cross-entropy [B, T] on the masked positions only (weights 0 elsewhere)."""
   del chunk  # the BERT head is computed whole
-  _, logits = model(batch["tokens"])  # hidden [B, T, D], logits [B, T, V]
+  _, logits = model(batch["tokens"], depth=depth)  # hidden [B, T, D], logits [B, T, V]
   losses = optax.softmax_cross_entropy_with_integer_labels(
     logits.astype(jnp.float32), batch["targets"]
   )
@@ -64,14 +64,15 @@ def mlm_token_losses(model, batch: dict, chunk: int = 0) -> tuple[jax.Array, jax
 
 def make(name: str, *, chunk: int = 0) -> Objective:
   """The objective `name`: lm | mlm; `chunk` positions per cross-entropy chunk (lm; 0 = all
-  logits at once). The loss reports its token count as the microbatch weight."""
+  logits at once). The loss reports its token count as the microbatch weight; its `depth`
+  (int32 [], None = all) trains the sub-model of the bottom layers (jaxcl/lm/two_stage.py)."""
   token_losses = {"lm": lm_token_losses, "mlm": mlm_token_losses}.get(name)
   if token_losses is None:
     raise ValueError(f"train.objective={name!r}: use lm | mlm")
 
-  def loss(model, extra, batch, ctx):
+  def loss(model, extra, batch, ctx, depth=None):
     del extra, ctx
-    losses, weights = token_losses(model, batch, chunk)
+    losses, weights = token_losses(model, batch, chunk, depth)
     total = weights.sum()
     return (losses * weights).sum() / jnp.maximum(total, 1.0), {microbatch.WEIGHT: total}
 

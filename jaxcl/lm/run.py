@@ -33,7 +33,7 @@ from jaxcl.engine import loop, microbatch, throughput
 from jaxcl.engine import state as state_lib
 from jaxcl.engine import step as step_lib
 from jaxcl.engine.progress import Progress
-from jaxcl.lm import growth_events, models, objectives, replay, schedules
+from jaxcl.lm import growth_events, models, objectives, replay, schedules, two_stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ShapeSteps(NamedTuple):
   abstract: object  # the state's ShapeDtypeStructs with their shardings
   flops_per_token: float
   num_params: int
+  model_config: Any  # gpt.Config | bert.Config of this shape
 
 
 def eval_due(step_in_domain: int, num_steps: int, ev) -> bool:
@@ -136,14 +137,19 @@ def build_learner(config, vocab_size: int, num_domains: int) -> Learner:
   return Learner(steps, schedule, tx, objective, model.config, graphdef, state)
 
 
-def make_steps(config, objective, tx, graphdef, state, mesh, *, rows: int, traces):
+def make_steps(config, objective, tx, graphdef, state, mesh, *, rows: int, traces, sub_models=None):
   """(state shardings, train step, loss step) of one model shape on `mesh` (FSDP / tensor
-  parallel) for batches of `rows` sequences; `state` may be abstract."""
+  parallel) for batches of `rows` sequences; `state` may be abstract. `sub_models` (a
+  two_stage.TwoStage) trains bert2BERT's sub-models in its stage-1 steps."""
   batch_sh = sharding.batch_sharding(mesh)
   state_sh = sharding.state_shardings(state, mesh, replicate_frozen=False)
   on = dict(state_sharding=state_sh, batch_sharding=batch_sh, traces=traces)
+  loss, update_mask = objective.loss, None
+  if sub_models is not None:
+    num_layers = nnx.merge(graphdef, state.params, state.frozen).config.num_layers
+    loss, update_mask = sub_models.loss(loss), sub_models.update_mask(num_layers)
   train_step = step_lib.make_train_step(
-    objective.loss,
+    loss,
     graphdef,
     tx,
     scale="none",
@@ -154,6 +160,7 @@ def make_steps(config, objective, tx, graphdef, state, mesh, *, rows: int, trace
       microbatches=config.train.microbatches,
       per_device=config.train.per_device_microbatch,
     ),
+    update_mask=update_mask,
     **on,
   )
   return state_sh, train_step, step_lib.make_loss_step(objective.loss_sums, graphdef, **on)
@@ -184,6 +191,8 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     for s in (valid_sources if config.train.objective == "lm" else ())
   ]
   plan = growth_events.GrowthPlan(config, learner.model_config, objective.loss, tx, len(names))
+  event_steps = [int(e["step"]) for e in plan.events]
+  sub_models = two_stage.from_config(config, event_steps, [c.num_layers for c in plan.cfgs[1:]])
   rows = replay.Plan(0, config.replay.fraction, config.replay.mode, data.batch_size).rows
   sharding.check_batch(rows, r.mesh, "data.batch_size plus replay rows")
   tokens_per_step = rows * data.seq_len
@@ -207,22 +216,28 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
   def compile_shape(graphdef, state) -> loop.Compiled:
     """Shardings and jitted steps of one model shape (FSDP / tensor parallel)."""
     state_sh, train_step, loss_step = make_steps(
-      config, objective, tx, graphdef, state, r.mesh, rows=rows, traces=r.traces
+      config,
+      objective,
+      tx,
+      graphdef,
+      state,
+      r.mesh,
+      rows=rows,
+      traces=r.traces,
+      sub_models=sub_models,
     )
+    model_cfg = nnx.merge(graphdef, state.params, state.frozen).config
     other = ShapeSteps(
       loss_step,
       step_lib.make_state_fn(begin, state_sharding=state_sh),
       step_lib.make_state_fn(_skip, state_sharding=state_sh),
       step_lib.make_state_fn(growth_events.set_masks, state_sharding=state_sh),
       sharding.abstract(state, state_sh),
-      flops_per_token(graphdef, state),
+      models.flops_per_token(model_cfg, data.seq_len),
       state_lib.count_params(state.params),
+      model_cfg,
     )
     return loop.Compiled(state_sh, train_step, other)
-
-  def flops_per_token(graphdef, state) -> float:
-    model_cfg = nnx.merge(graphdef, state.params, state.frozen).config
-    return models.flops_per_token(model_cfg, data.seq_len)
 
   def valid_batches(source, batch_sharding):
     """The fixed validation windows of a domain, as global batches."""
@@ -291,7 +306,12 @@ def run(config, workdir: str, traces: step_lib.Traces | None = None) -> dict:
     return loop.StepChange(view.state, dataclasses.replace(view.progress, pre_anneal=ckpt_id))
 
   def after_step(compiled, p):
-    flops = p.flops + tokens_per_step * compiled.other.flops_per_token
+    per_token = compiled.other.flops_per_token
+    depth = sub_models.depth_at(starts[p.stage] + p.step_in_stage - 1) if sub_models else None
+    if depth is not None:  # stage 1 of two-stage training: the sub-model's FLOPs
+      sub_cfg = dataclasses.replace(compiled.other.model_config, num_layers=depth)
+      per_token = models.flops_per_token(sub_cfg, data.seq_len)
+    flops = p.flops + tokens_per_step * per_token
     return dataclasses.replace(p, tokens=p.tokens + tokens_per_step, flops=flops)
 
   def log_metrics(compiled, progress, global_step, loss, seconds, num_steps):

@@ -27,6 +27,7 @@ class Ctx(NamedTuple):
   seen: jax.Array  # bool [C]
   current: jax.Array  # bool [C]
   rng: jax.Array  # PRNG key for this step
+  step: jax.Array | None = None  # int32 [], the learner's global step (None outside a step)
 
 
 class TaskEnv(NamedTuple):

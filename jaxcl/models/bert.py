@@ -142,7 +142,7 @@ class BERT(nnx.Module):
     )
     self.mlm = MlmHead(cfg, rngs=rngs)
 
-  def encode(self, tokens, attention_mask=None, token_types=None):
+  def encode(self, tokens, attention_mask=None, token_types=None, depth=None):
     """Last hidden states [B, T, D] float32 (HF `last_hidden_state`).
 
     Args:
@@ -150,6 +150,8 @@ class BERT(nnx.Module):
       attention_mask: [B, T], 1 (or True) for real tokens and 0 for padding, or None (all real).
         Padded keys are never attended to; padded positions still get (meaningless) outputs.
       token_types: [B, T] int segment ids, or None (all 0).
+      depth: int32 [] (may be traced), or None (all layers): only the bottom `depth` layers run
+        (bert2BERT's sub-models, jaxcl/lm/two_stage.py).
     """
     cfg = self.config
     t = tokens.shape[1]
@@ -160,7 +162,7 @@ class BERT(nnx.Module):
     x = self.embed(tokens) + self.type_embed(token_types)  # [B, T, D]
     x = self.embed_norm(x + self.pos_embed.embedding[:t].astype(x.dtype))  # [B, T, D]
     mask = None if attention_mask is None else attention_mask[:, None, :].astype(bool)  # [B,1,S]
-    x = layers.apply_layers(self.blocks, x, mask, remat=cfg.remat)
+    x = layers.apply_layers(self.blocks, x, mask, depth=depth, remat=cfg.remat)
     return x.astype(jnp.float32)
 
   def mlm_logits(self, hidden):
@@ -172,6 +174,6 @@ class BERT(nnx.Module):
     logits = jnp.einsum("btd,vd->btv", h, w, preferred_element_type=jnp.float32)
     return logits + self.mlm.bias[...]
 
-  def __call__(self, tokens, attention_mask=None, token_types=None):
-    hidden = self.encode(tokens, attention_mask, token_types)
+  def __call__(self, tokens, attention_mask=None, token_types=None, depth=None):
+    hidden = self.encode(tokens, attention_mask, token_types, depth)
     return hidden, self.mlm_logits(hidden)

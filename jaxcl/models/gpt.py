@@ -294,14 +294,19 @@ class GPT(nnx.Module):
     if cfg.growth_masks:
       self.masks = Masks(cfg)
 
-  def __call__(self, tokens):
+  def __call__(self, tokens, depth=None):
     """Next-token logits: tokens [B, T] int -> [B, T, V] float32; T <= config.seq_len."""
     w = self.unembedding().astype(jnp.dtype(self.config.dtype))  # [D, V]
-    return jnp.einsum("btd,dv->btv", self.hidden(tokens), w, preferred_element_type=jnp.float32)
+    h = self.hidden(tokens, depth)  # [B, T, D]
+    return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
-  def hidden(self, tokens):
+  def hidden(self, tokens, depth=None):
     """The final-norm output [B, T, D] (compute dtype) that the unembedding maps to logits; a
     loss can take it with `unembedding()` and never hold all logits (jaxcl/lm/chunked_loss.py).
+
+    `depth` (int32 [], may be traced; None = all layers) runs the sub-model of the bottom
+    `depth` blocks under the same final norm and head (bert2BERT's stage 1,
+    jaxcl/lm/two_stage.py).
     """
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -323,10 +328,11 @@ class GPT(nnx.Module):
         rope,
         masks,
         per_layer=masks["layers"],
+        depth=depth,
         remat=cfg.remat,
       )
       return _masked_norm(self.final_norm, x, masks["hidden"])  # [B, T, D]
-    x = layers.apply_layers(self.blocks, x, rope, remat=cfg.remat)
+    x = layers.apply_layers(self.blocks, x, rope, depth=depth, remat=cfg.remat)
     return self.final_norm(x)  # [B, T, D]
 
   def unembedding(self):

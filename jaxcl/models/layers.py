@@ -385,12 +385,16 @@ def make_layers(make_layer, num_layers: int, *, scan: bool, rngs: nnx.Rngs) -> n
   return make_stack(rngs)
 
 
-def apply_layers(layers: nnx.Module, x, *args, per_layer=None, remat: str = "none"):
+def apply_layers(layers: nnx.Module, x, *args, per_layer=None, depth=None, remat: str = "none"):
   """x -> layer_L(... layer_1(x, *args) ..., *args), for either layout of `make_layers`.
 
   A stacked module runs under `jax.lax.scan`, so compile time does not grow with depth. `args`
   (masks, RoPE tables) are the same for every layer; `per_layer` [L, ...], if given, passes
   row l to layer l after them (MSG's layer masks). `remat` is a key of REMAT_POLICIES.
+
+  `depth` (int32 [], may be traced), if given, runs only the bottom `depth` layers: layer l >=
+  depth hands x on unchanged under `jax.lax.cond`, so it costs no compute and one compiled step
+  serves every depth (bert2BERT's sub-models, jaxcl/lm/two_stage.py).
   """
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}: use one of {sorted(REMAT_POLICIES)}")
@@ -401,16 +405,23 @@ def apply_layers(layers: nnx.Module, x, *args, per_layer=None, remat: str = "non
     def call(x, state, *row):
       return nnx.merge(graphdef, state)(x, *args, *row)
 
-    if remat == "none":
-      return call
-    return jax.checkpoint(call, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+    if remat != "none":
+      call = jax.checkpoint(call, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+    if depth is None:
+      return lambda x, index, state, *row: call(x, state, *row)
+
+    def call_below_depth(x, index, state, *row):
+      return jax.lax.cond(index < depth, lambda x: call(x, state, *row), lambda x: x, x)
+
+    return call_below_depth
 
   if scan:
     graphdef, state = nnx.split(layers)
     call = layer_fn(graphdef)
-    x, _ = jax.lax.scan(lambda x, xs: (call(x, *xs), None), x, (state, *rows))
+    index = jnp.arange(jax.tree.leaves(state)[0].shape[0])  # [L]
+    x, _ = jax.lax.scan(lambda x, xs: (call(x, *xs), None), x, (index, state, *rows))
     return x
   for i, layer in enumerate(layers):
     graphdef, state = nnx.split(layer)
-    x = layer_fn(graphdef)(x, state, *(r[i] for r in rows))
+    x = layer_fn(graphdef)(x, i, state, *(r[i] for r in rows))
   return x
