@@ -103,7 +103,10 @@ def align_head(head: dict, means, covs, seen, tasks, task, key, cfg) -> dict:
   shift = cfg.ca_mean_scale
   mu = means * ((1 - shift) + shift * (tasks + 1) / (task + 1))[:, None]  # [C, D]
   eye = jnp.eye(width, dtype=covs.dtype)
-  chol = jnp.linalg.cholesky(jnp.where(seen[:, None, None], covs, eye))  # [C, D, D]
+  # One class at a time: a batched Cholesky on the CPU splits its batch over XLA's intra-op
+  # thread pool and waits, and with several (fake) CPU devices running this replicated step at
+  # once every pool thread ends up waiting (a deadlock seen in CI on 8 devices).
+  chol = jax.lax.map(jnp.linalg.cholesky, jnp.where(seen[:, None, None], covs, eye))  # [C, D, D]
   labels = jnp.repeat(jnp.arange(num_classes), samples)  # [C * S]
   col = seen.astype(jnp.float32)
   decay_mask = {"kernel": col[None, :], "bias": col}
