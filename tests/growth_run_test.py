@@ -91,21 +91,25 @@ def _ckpt_steps(workdir) -> dict[int, int]:
   return steps
 
 
+def _killed_after(straight_dir, workdir, step: int, later: str = "deleted") -> None:
+  """A copy of a straight run "killed" after `step` steps: no results, and its later
+  checkpoints never happened ("deleted") or lost their arrays with metadata intact
+  ("corrupted")."""
+  shutil.copytree(straight_dir, workdir)
+  for name in ("results.json", "made_once.json"):
+    os.remove(workdir / name)
+  for i, saved in _ckpt_steps(workdir).items():
+    if saved > step:
+      shutil.rmtree(workdir / "checkpoints" / str(i) / ("" if later == "deleted" else "state"))
+
+
 @pytest.mark.parametrize(  # before / after the event at step 3; later checkpoints gone or bad
   ("keep_through_step", "later"), [(2, "deleted"), (5, "deleted"), (2, "corrupted")]
 )
 def test_resume_across_a_growth_event_matches_a_straight_run(tmp_path, keep_through_step, later):
   overrides = {"checkpoint.every_steps": 1, "checkpoint.keep": 100}
   straight, straight_dir = shared_run("growth_stack", **overrides)
-  # A run "killed" after `keep_through_step` steps: its later checkpoints never happened.
-  shutil.copytree(straight_dir, tmp_path / "b")
-  for name in ("results.json", "made_once.json"):
-    os.remove(tmp_path / "b" / name)
-  for i, step in _ckpt_steps(tmp_path / "b").items():
-    if step > keep_through_step and later == "deleted":
-      shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i))
-    elif step > keep_through_step:  # arrays gone, metadata intact: fall back to the small shape
-      shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i) / "state")
+  _killed_after(straight_dir, tmp_path / "b", keep_through_step, later)
   if later == "deleted":
     resumed = run_tasks(load_config("growth_stack", "smoke", **overrides), tmp_path / "b")
     resumed = json.loads(json.dumps(resumed))  # as the shared straight run was stored
@@ -129,12 +133,7 @@ def test_resume_inside_stage_one_trains_the_same_sub_models(tmp_path):
   resumed run is the straight run, bit for bit."""
   overrides = {"checkpoint.every_steps": 1, "checkpoint.keep": 100}
   straight, straight_dir = shared_run("growth_bert2bert", **overrides)
-  shutil.copytree(straight_dir, tmp_path / "b")
-  for name in ("results.json", "made_once.json"):
-    os.remove(tmp_path / "b" / name)
-  for i, step in _ckpt_steps(tmp_path / "b").items():
-    if step > 4:
-      shutil.rmtree(tmp_path / "b" / "checkpoints" / str(i))
+  _killed_after(straight_dir, tmp_path / "b", 4)
   resumed = run_tasks(load_config("growth_bert2bert", "smoke", **overrides), tmp_path / "b")
   resumed = json.loads(json.dumps(resumed))  # as the shared straight run was stored
   assert [p["step"] for p in resumed["curve"]] == [p["step"] for p in straight["curve"]]
