@@ -242,13 +242,12 @@ def plot(runs: Sequence[Run], path: str) -> None:
         writers.draw_loss_curves(ax, res["curve"], res.get("domains", []), label, f"C{i % 10}")
         ax.set_title("continual pretraining: validation loss per domain")
     ax.grid(alpha=0.3)
-    if group:
-      ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if group is cpt:  # which line style is which domain
       domains = max((r["results"].get("domains", []) for r in cpt), key=len)
       styles = writers.DOMAIN_LINESTYLES
       for d, name in enumerate(domains):
         ax.plot([], [], color="grey", linestyle=styles[d % len(styles)], label=f"domain: {name}")
+    if group:
       ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   writers.save_figure(fig, path)
 
